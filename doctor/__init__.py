@@ -1,0 +1,1 @@
+"""`llmtpu doctor`: facts (read-only observations), checks (verdicts) and their renderers."""

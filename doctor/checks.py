@@ -1,0 +1,510 @@
+"""Checks: each reads facts and returns ok / warn / fail / skip with evidence and a fix.
+
+A check never changes anything. Each one names where its rule comes from (``source``), so a
+user can tell a Sophgo requirement from an llmtpu judgement. A check whose input is missing or
+unreadable says skip or warn and why; it never says ok on data it did not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cached_property
+from typing import Any
+
+from llmtpu.data import load_toml
+from llmtpu.doctor import facts
+from llmtpu.doctor.facts import NO_DEVICE, PCIE_DOCKER, PCIE_HOST, SOC_BOARD, Observed
+from llmtpu.target import Target, TargetError
+
+#: The oldest kernel (SoC, `uname -v`) or driver (PCIe, driver_version) build date LLM-TPU
+#: accepts. Source: sophgo/LLM-TPU run.sh `compare_date="20240110"` (@ae00396, unchanged at
+#: @e6ec148) and the README's version check section.
+MIN_BUILD_DATE = date(2024, 1, 10)
+
+#: BM1684X default PLL rates since linux-arm64 144a77362 (bm1684x_clock.dtsi): Hz.
+SOC_DEFAULT_CLOCKS = {"tpll_clock": 950_000_000, "mpll_clock": 2_300_000_000, "vpll_clock": 800_000_000}
+#: The LLM-TPU README Q3 downclock for all-"!" output.
+SEED_DOWNCLOCK = {"tpll_clock": 750_000_000, "mpll_clock": 1_800_000_000, "vpll_clock": 100_000_000}
+
+#: Below this much available RAM the runtime and tokenizer swap or get killed (LLM-TPU #137:
+#: 800 MB free gave 0.5 token/s). An llmtpu judgement, hence a warning.
+MIN_AVAILABLE_RAM = 1 << 30
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+STATUS_ORDER = {OK: 0, SKIP: 0, WARN: 1, FAIL: 2}
+
+ALL_KINDS = (PCIE_HOST, PCIE_DOCKER, SOC_BOARD, NO_DEVICE)
+PCIE_KINDS = (PCIE_HOST, PCIE_DOCKER)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    source: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Fix:
+    """What to do: an id the --fix operation is registered under, and the exact commands."""
+
+    id: str
+    summary: str
+    commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    id: str
+    title: str
+    status: str
+    summary: str
+    evidence: tuple[Evidence, ...] = ()
+    fix: Fix | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    family: str
+    params_b: float
+    quant: str
+    npu_mib: int
+    estimate: bool
+    file: str
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.npu_mib << 20
+
+
+def load_models() -> dict[str, Model]:
+    table = load_toml("llmtpu.doctor", "models.toml")
+    return {row["name"]: Model(**row) for row in table["model"]}
+
+
+DEFAULT_MODEL = "llama2-7b"  # the seed README's example
+
+
+@dataclass
+class DoctorOptions:
+    model: str = DEFAULT_MODEL
+    models_dir: str = "/data"  # where LLM-TPU bmodels are kept; checked for free space
+
+
+class Facts:
+    """Facts of one machine, each read once and shared by every check."""
+
+    def __init__(self, target: Target, options: DoctorOptions) -> None:
+        self.target = target
+        self.options = options
+
+    @cached_property
+    def kind(self) -> Observed[str]:
+        return facts.machine_kind(self.target)
+
+    @cached_property
+    def kernel(self) -> Observed[date]:
+        return facts.kernel_build_date(self.target)
+
+    @cached_property
+    def driver(self) -> Observed[facts.DriverVersion]:
+        return facts.driver_version(self.target)
+
+    @cached_property
+    def cards(self) -> Observed[list[facts.Card]]:
+        return facts.cards(self.target)
+
+    @cached_property
+    def devices(self) -> Observed[list[facts.DeviceNode]]:
+        return facts.device_nodes(self.target)
+
+    @cached_property
+    def libsophon(self) -> Observed[facts.LibsophonInstall]:
+        return facts.libsophon_install(self.target)
+
+    @cached_property
+    def packages(self) -> Observed[dict[str, facts.DebPackage]]:
+        return facts.sophon_packages(self.target)
+
+    @cached_property
+    def soc_clocks(self) -> Observed[facts.Clocks]:
+        return facts.soc_clocks(self.target)
+
+    @cached_property
+    def heaps(self) -> Observed[dict[str, int]]:
+        return facts.ion_heaps(self.target)
+
+    @cached_property
+    def meminfo(self) -> Observed[dict[str, int]]:
+        return facts.meminfo(self.target)
+
+    @cached_property
+    def model(self) -> Model | None:
+        return load_models().get(self.options.model)
+
+
+def ev(observed: Observed[Any]) -> Evidence:
+    """Evidence line for a fact: its raw text, or why there is none."""
+    if observed.raw is not None and observed.raw != "":
+        return Evidence(observed.source, observed.raw)
+    return Evidence(observed.source, observed.problem or "(empty)")
+
+
+def sudo(command: str) -> str:
+    return f"sudo {command}"
+
+
+# ---------------------------------------------------------------------------------------
+# Fixes: the exact commands, from the seed README and Sophgo's docs
+
+def _dfss_debs_commands() -> tuple[str, ...]:
+    sources = load_toml("llmtpu.provision", "sources.toml")
+    version = sources["defaults"]["debs"]
+    debs = sources["debs"][version]
+    prefix = sources["dfss"]["prefix"]
+    return (
+        "pip3 install dfss",
+        *(f"python3 -m dfss --url={prefix}{debs[part]}" for part in ("driver", "libsophon", "libsophon-dev")),
+        "sudo apt remove sophon-driver sophon-libsophon sophon-libsophon-dev",
+        "sudo dpkg -i sophon-*.deb",
+        "source /etc/profile",
+    )
+
+
+def fix_install_debs() -> Fix:
+    return Fix("debs.install", "install sophon-driver, sophon-libsophon, sophon-libsophon-dev 0.5.1",
+               _dfss_debs_commands())
+
+
+def fix_libsophon_in_docker() -> Fix:
+    commands = tuple(c for c in _dfss_debs_commands() if "apt remove" not in c)
+    return Fix("debs.install", "install libsophon inside the container (LLM-TPU FAQ Q2)", commands)
+
+
+def fix_reflash_soc() -> Fix:
+    sources = load_toml("llmtpu.provision", "sources.toml")
+    prefix = sources["dfss"]["prefix"]
+    return Fix(
+        "sdcard.flash",
+        "flash a newer SDK image (all eMMC data is lost)",
+        (
+            "pip3 install dfss",
+            f"python3 -m dfss --url={prefix}{sources['sdcard']['path']}",
+            "tar xzf sdcard.tgz   # copy its contents to the root of a FAT32 SD card",
+            "# power off, insert the card, power on; wait for 'Please remove the installation medium'",
+        ),
+    )
+
+
+def fix_downclock() -> Fix:
+    return Fix(
+        "clock.apply",
+        "lower the TPU/memory/video PLLs (LLM-TPU README Q3); lost at reboot",
+        tuple(f'echo "setr {name} {rate}" | sudo tee /sys/kernel/debug/top/clock'
+              for name, rate in SEED_DOWNCLOCK.items()),
+    )
+
+
+def fix_heaps(model: Model) -> Fix:
+    npu = max(model.npu_mib, 7615)  # LLM-TPU's recommended layout gives the NPU 7615 MiB
+    return Fix(
+        "heaps.resize",
+        f"give the NPU heap {npu} MiB with Sophgo's memory_edit.sh, then reboot",
+        (
+            "./memory_edit.sh -p   # print the current layout",
+            f"./memory_edit.sh -c -npu {npu} -vpu 3072 -vpp 3072",
+            "sudo cp <memory_edit folder>/emmcboot.itb /boot/emmcboot.itb && sync && sudo reboot",
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The checks
+
+CheckFn = Callable[[Facts], CheckResult]
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    kinds: tuple[str, ...]
+    source: str
+    run: CheckFn = field(compare=False)
+
+
+def result(check_id: str, status: str, summary: str, evidence: list[Evidence] | tuple[Evidence, ...] = (),
+           fix: Fix | None = None) -> CheckResult:
+    return CheckResult(check_id, "", status, summary, tuple(evidence), fix)
+
+
+def check_machine_kind(f: Facts) -> CheckResult:
+    kind = f.kind
+    e = [ev(kind)]
+    if kind.value == NO_DEVICE:
+        return result("machine.kind", FAIL, "no Sophgo BM1684X device found on this machine", e, Fix(
+            "none", "run llmtpu on the PCIe host or SoC board itself, or over SSH with --hosts",
+            ("lspci -d 1f1c:   # a PCIe card shows as 1f1c:1686 Sophgo BM1684X",
+             "sudo modprobe bmsophon   # after installing sophon-driver"),
+        ))
+    names = {PCIE_HOST: "PCIe host", PCIE_DOCKER: "container on a PCIe host", SOC_BOARD: "SoC board"}
+    return result("machine.kind", OK, f"{names[kind.value or '']} with a BM1684X", e)
+
+
+def _date_check(check_id: str, what: str, observed: Observed[date], fix: Fix) -> CheckResult:
+    e = [ev(observed)]
+    if observed.value is None:
+        status = SKIP if observed.problem == "missing" else WARN
+        return result(check_id, status, f"{what} unknown: {observed.source} {observed.problem}", e)
+    built = observed.value
+    stamp = built.strftime("%Y%m%d")
+    if built > date.today():
+        return result(check_id, WARN, f"{what} {stamp} is in the future: is this machine's clock right?", e)
+    if built < MIN_BUILD_DATE:
+        return result(check_id, FAIL, f"{what} {stamp} is older than {MIN_BUILD_DATE:%Y%m%d}", e, fix)
+    return result(check_id, OK, f"{what} {stamp} >= {MIN_BUILD_DATE:%Y%m%d}", e)
+
+
+def check_kernel_date(f: Facts) -> CheckResult:
+    return _date_check("kernel.date", "kernel build date", f.kernel, fix_reflash_soc())
+
+
+def check_driver_date(f: Facts) -> CheckResult:
+    driver = f.driver
+    dated: Observed[date] = Observed(
+        driver.value.released if driver.value else None, driver.source, driver.raw, driver.problem)
+    checked = _date_check("driver.date", "driver release date", dated, fix_install_debs())
+    if driver.value is None:
+        if driver.problem == "missing":
+            return result("driver.date", FAIL, "the sophon driver is not loaded: no /proc/bmsophon/driver_version",
+                          checked.evidence, fix_install_debs())
+        return checked
+    return result(checked.id, checked.status, f"driver {driver.value.version}: {checked.summary}",
+                  checked.evidence, checked.fix)
+
+
+def check_devices(f: Facts) -> CheckResult:
+    devices = f.devices
+    if devices.value is None:
+        return result("devices.present", WARN, f"cannot list /dev: {devices.problem}", [ev(devices)])
+    nodes = {n.path: n for n in devices.value}
+    kind = f.kind.value
+    if kind == SOC_BOARD:
+        wanted = ["/dev/bm-tpu0", facts.CONTROL_NODE, "/dev/ion"]
+        fix = Fix("devices.reload", "reload the TPU module at boot (bmrt_setup.service loads bmtpu.ko)",
+                  ("sudo systemctl restart bmrt_setup.service", "dmesg | grep -i -E 'bmtpu|sophon' | tail"))
+    else:
+        chips = sum(len(c.chips) for c in (f.cards.value or [])) or 1
+        wanted = [f"/dev/bm-sophon{i}" for i in range(chips)] + [facts.CONTROL_NODE]
+        fix = Fix("devices.reload", "reload the bmsophon driver",
+                  ("sudo modprobe -r bmsophon; sudo modprobe bmsophon", "dmesg | grep -i sophon | tail"))
+        if kind == PCIE_DOCKER:
+            fix = Fix("devices.docker", "start the container with the host's devices",
+                      ("docker run --privileged -v /dev:/dev ...   # as in the LLM-TPU README",))
+    missing = [p for p in wanted if p not in nodes]
+    wrong = [n.path for n in nodes.values() if n.kind not in ("char",)]
+    e = [ev(devices)]
+    if missing:
+        return result("devices.present", FAIL, f"missing device nodes: {' '.join(missing)}", e, fix)
+    if wrong:
+        return result("devices.present", FAIL, f"not character devices: {' '.join(wrong)}", e, fix)
+    return result("devices.present", OK, f"{len(wanted)} device nodes present", e)
+
+
+def check_device_access(f: Facts) -> CheckResult:
+    devices = f.devices
+    if not devices.value:
+        return result("devices.access", SKIP, "no Sophgo device nodes to open", [ev(devices)])
+    unknown = [n.path for n in devices.value if n.can_open is None]
+    denied = [n.path for n in devices.value if n.can_open is False]
+    e = [Evidence(n.path, {None: "access unknown", True: "read/write ok", False: "permission denied"}[n.can_open])
+         for n in devices.value]
+    if denied:
+        return result("devices.access", FAIL, f"this user cannot open {' '.join(denied)}", e, Fix(
+            "devices.permissions", "run as root, or let this user open the nodes (sophon-demo#98)",
+            (f"sudo chmod a+rw {' '.join(denied)}   # until reboot; a udev rule makes it stay",)))
+    if unknown:
+        return result("devices.access", SKIP, "sysroot records no device modes; access not checked", e)
+    return result("devices.access", OK, "this user can open every Sophgo node", e)
+
+
+def check_libsophon(f: Facts) -> CheckResult:
+    observed = f.libsophon
+    e = [ev(observed)]
+    install = observed.value
+    if install is None:
+        return result("libsophon.install", WARN, f"cannot inspect libsophon: {observed.problem}", e)
+    missing = install.missing
+    e.append(Evidence(facts.LD_SO_CONF, install.ld_conf or "missing"))
+    if not missing:
+        return result("libsophon.install", OK, f"libsophon {install.version or '?'} at {install.prefix}", e)
+    if f.kind.value == PCIE_DOCKER:
+        return result(
+            "libsophon.install", FAIL,
+            "no libsophon in this container: the runtime will print "
+            "'open file .../libbm1684x_kernel_module.so error!!' (LLM-TPU FAQ Q2)",
+            e + [Evidence("missing", " ".join(missing))], fix_libsophon_in_docker())
+    fix = fix_reflash_soc() if f.kind.value == SOC_BOARD else fix_install_debs()
+    return result("libsophon.install", FAIL, f"libsophon incomplete, missing: {' '.join(missing)}",
+                  e + [Evidence("missing", " ".join(missing))], fix)
+
+
+def check_packages(f: Facts) -> CheckResult:
+    observed = f.packages
+    e = [ev(observed)]
+    packages = observed.value
+    if packages is None:
+        return result("libsophon.packages", WARN, f"cannot read dpkg's database: {observed.problem}", e)
+    broken = [p for p in packages.values() if not p.installed]
+    if broken:
+        names = ", ".join(f"{p.name} ({p.status.split()[-1]})" for p in broken)
+        return result("libsophon.packages", FAIL, f"half-installed packages: {names}", e, Fix(
+            "debs.configure", "let dpkg finish configuring, then re-check",
+            ("sudo dpkg --configure -a", "sudo dpkg --audit")))
+    if not packages:
+        return result("libsophon.packages", WARN, "dpkg knows no sophon-* packages", e)
+    lib_name = "sophon-soc-libsophon" if f.kind.value == SOC_BOARD else "sophon-libsophon"
+    lib = packages.get(lib_name)
+    driver = f.driver.value
+    if lib and driver and f.kind.value in PCIE_KINDS and lib.version.split("-")[0] != driver.version:
+        e.append(ev(f.driver))
+        return result("libsophon.packages", WARN,
+                      f"{lib_name} {lib.version} does not match the loaded driver {driver.version}",
+                      e, fix_install_debs())
+    versions = ", ".join(f"{p.name} {p.version}" for p in packages.values())
+    return result("libsophon.packages", OK, versions, e)
+
+
+def check_clocks(f: Facts) -> CheckResult:
+    if f.kind.value == SOC_BOARD:
+        observed = f.soc_clocks
+        e = [ev(observed)]
+        if observed.value is None:
+            status = SKIP if "missing" in (observed.problem or "") else WARN
+            return result("tpu.clocks", status, f"TPU clocks unreadable (debugfs, root only): {observed.problem}", e)
+        rates = observed.value.rates_hz
+        lowered = {k: v for k, v in rates.items() if v < SOC_DEFAULT_CLOCKS[k]}
+        if not lowered:
+            return result("tpu.clocks", OK, f"default rates, tpll {rates['tpll_clock'] // 1_000_000} MHz", e)
+        described = ", ".join(f"{k.split('_')[0]} {v // 1_000_000} MHz" for k, v in lowered.items())
+        return result("tpu.clocks", WARN,
+                      f"clocks reduced ({described}); debugfs rates are lost at reboot", e, Fix(
+                          "clock.persist", "keep the reduced rates across reboots, or undo them",
+                          tuple(f'echo "setr {k} {v}" | sudo tee /sys/kernel/debug/top/clock'
+                                for k, v in rates.items())))
+    cards = f.cards.value or []
+    chips = [(card, chip) for card in cards for chip in card.chips]
+    if not chips:
+        return result("tpu.clocks", SKIP, "no chips listed under /proc/bmsophon", [ev(f.cards)])
+    e = [Evidence(f"{facts.BMSOPHON}/{card.name}/{chip.name}/tpu_freq", f"{chip.tpu_freq_mhz} MHz")
+         for card, chip in chips]
+    slow = [(card, chip) for card, chip in chips
+            if chip.tpu_freq_mhz is not None and card.tpu_max_mhz and chip.tpu_freq_mhz < card.tpu_max_mhz]
+    if slow:
+        card, chip = slow[0]
+        return result("tpu.clocks", WARN,
+                      f"{chip.name} runs at {chip.tpu_freq_mhz} MHz of {card.tpu_max_mhz} MHz", e)
+    if any(chip.tpu_freq_mhz is None for _, chip in chips):
+        return result("tpu.clocks", WARN, "tpu_freq unreadable for some chips", e)
+    return result("tpu.clocks", OK, f"TPU at {chips[0][1].tpu_freq_mhz} MHz (max)", e)
+
+
+def check_heaps(f: Facts) -> CheckResult:
+    model = f.model
+    if model is None:
+        return result("memory.heaps", WARN, f"unknown model {f.options.model!r}: see `llmtpu doctor --list-models`")
+    observed = f.heaps
+    e = [ev(observed)]
+    if observed.value is None:
+        status = SKIP if "missing" in (observed.problem or "") else WARN
+        return result("memory.heaps", status, f"ion heap sizes unreadable (debugfs, root only): {observed.problem}", e)
+    npu_mib = observed.value["npu"] >> 20
+    need = f"{model.name} needs {model.npu_mib} MiB{' (estimate)' if model.estimate else ''}"
+    if npu_mib < model.npu_mib:
+        return result("memory.heaps", FAIL, f"NPU heap {npu_mib} MiB too small: {need}", e, fix_heaps(model))
+    return result("memory.heaps", OK, f"NPU heap {npu_mib} MiB; {need}", e)
+
+
+def check_ram(f: Facts) -> CheckResult:
+    observed = f.meminfo
+    e = [ev(observed)]
+    if observed.value is None:
+        status = SKIP if observed.problem == "missing" else WARN
+        return result("memory.ram", status, f"RAM unknown: {observed.source} {observed.problem}", e)
+    available = observed.value.get("MemAvailable", observed.value.get("MemFree", 0))
+    total = observed.value["MemTotal"]
+    summary = f"{available >> 20} MiB available of {total >> 20} MiB"
+    if available < MIN_AVAILABLE_RAM:
+        return result("memory.ram", WARN, f"only {summary}: expect swapping and slow tokens", e, Fix(
+            "none", "stop other programs before running a model", ("ps aux --sort=-rss | head",)))
+    return result("memory.ram", OK, summary, e)
+
+
+def check_disk(f: Facts) -> CheckResult:
+    model = f.model
+    if model is None:
+        return result("disk.models", WARN, f"unknown model {f.options.model!r}")
+    folder = f.options.models_dir
+    probe = folder
+    target = f.target
+    try:
+        while probe != "/" and not target.exists(probe):
+            probe = probe.rsplit("/", 1)[0] or "/"
+        usage = target.disk_usage(probe)
+    except (OSError, TargetError) as exc:
+        return result("disk.models", WARN, f"free space of {folder} unknown: {facts.read_problem(exc)}",
+                      [Evidence(folder, facts.read_problem(exc))])
+    need = model.disk_bytes
+    e = [Evidence(probe, f"{usage.free >> 20} MiB free of {usage.total >> 20} MiB")]
+    if usage.free < need:
+        return result("disk.models", FAIL,
+                      f"{usage.free >> 20} MiB free at {probe}; {model.name} needs {need >> 20} MiB", e,
+                      Fix("none", "free space or choose another folder with --models-dir", (f"du -sh {probe}/*",)))
+    return result("disk.models", OK, f"{usage.free >> 20} MiB free at {probe} for {model.name}", e)
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("machine.kind", "Machine kind", ALL_KINDS,
+          "device nodes (libsophon driver/bm_common.h), cpuinfo model name (sophon-tools get_info.sh)",
+          check_machine_kind),
+    Check("kernel.date", "SoC kernel build date", (SOC_BOARD,),
+          "LLM-TPU README version check: `uname -v` date >= 20240110", check_kernel_date),
+    Check("driver.date", "PCIe driver release date", PCIE_KINDS,
+          "LLM-TPU README/run.sh: driver_version release date >= 20240110", check_driver_date),
+    Check("devices.present", "Device nodes", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "libsophon driver/bm_common.h node names; bmlib opens them", check_devices),
+    Check("devices.access", "Device node permissions", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "sophgo/sophon-demo#98: nodes present but not openable by the user", check_device_access),
+    Check("libsophon.install", "libsophon runtime", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "libsophon deb layout and postinst; LLM-TPU FAQ Q2 (docker)", check_libsophon),
+    Check("libsophon.packages", "sophon debs", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "dpkg status; libsophon and driver come from the same release", check_packages),
+    Check("tpu.clocks", "TPU clocks", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "linux-arm64 bm1684x_clock.dtsi defaults; LLM-TPU README Q3 downclock", check_clocks),
+    Check("memory.heaps", "SoC NPU heap for the model", (SOC_BOARD,),
+          "LLM-TPU models/Qwen1_5/README.md memory rule; FAQ Q10 (bm_alloc_gmem failed)", check_heaps),
+    Check("memory.ram", "System RAM", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "llmtpu: at least 1 GiB available (LLM-TPU #137)", check_ram),
+    Check("disk.models", "Disk for the model", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "llmtpu: the bmodel's size is bounded by its NPU memory need", check_disk),
+)
+
+
+def check_ids() -> list[str]:
+    return [c.id for c in CHECKS]
+
+
+def run_check(check: Check, f: Facts) -> CheckResult:
+    kind = f.kind.value
+    if kind not in check.kinds:
+        reason = "no Sophgo device" if kind == NO_DEVICE else f"not applicable to a {kind}"
+        res = CheckResult(check.id, check.title, SKIP, reason, source=check.source)
+        return res
+    try:
+        res = check.run(f)
+    except Exception as exc:  # a check must never crash the doctor
+        res = result(check.id, WARN, f"check could not run: {type(exc).__name__}: {exc}")
+    return CheckResult(res.id, check.title, res.status, res.summary, res.evidence, res.fix, check.source)

@@ -1,0 +1,560 @@
+"""Facts: read-only observations of a machine, each a small named unit with its parser.
+
+A fact never changes anything. It returns an ``Observed`` value: the parsed value (or None),
+where it was read, the raw text (trimmed, for evidence) and, when the value is None, why.
+Parsers are pure functions of text so the tests can feed them every odd form we know.
+Formats and their sources: tests/samples/README.md and the project's facts notes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Generic, TypeVar
+
+from llmtpu.target import Target, TargetError
+
+T = TypeVar("T")
+
+#: Evidence keeps at most this many characters of raw text.
+EVIDENCE_CHARS = 300
+
+KERNEL_VERSION = "/proc/sys/kernel/version"  # == `uname -v`
+KERNEL_RELEASE = "/proc/sys/kernel/osrelease"  # == `uname -r`
+DRIVER_VERSION = "/proc/bmsophon/driver_version"
+BMSOPHON = "/proc/bmsophon"
+CPUINFO = "/proc/cpuinfo"
+DEVICE_TREE_NAME = "/proc/device-tree/info/file-name"
+MEMINFO = "/proc/meminfo"
+DPKG_STATUS = "/var/lib/dpkg/status"
+LIBSOPHON_CURRENT = "/opt/sophon/libsophon-current"
+LD_SO_CONF = "/etc/ld.so.conf.d/libsophon.conf"
+PROFILE_SCRIPT = "/etc/profile.d/libsophon-bin-path.sh"
+ION_HEAPS = "/sys/kernel/debug/ion"
+CLK_DEBUGFS = "/sys/kernel/debug/clk"
+TOP_CLOCK = "/sys/kernel/debug/top/clock"
+
+#: Paths the facts below read; a remote target fetches them in one round trip.
+FACT_PATHS = (
+    KERNEL_VERSION, KERNEL_RELEASE, BMSOPHON, CPUINFO, DEVICE_TREE_NAME, MEMINFO, DPKG_STATUS,
+    "/opt/sophon", LD_SO_CONF, PROFILE_SCRIPT, ION_HEAPS, CLK_DEBUGFS, TOP_CLOCK,
+    "/.dockerenv", "/run/.containerenv", "/proc/1/cgroup", "/dev.list", "/_cmd",
+)
+
+
+@dataclass(frozen=True)
+class Observed(Generic[T]):
+    """A parsed value with its evidence. ``problem`` says why ``value`` is None."""
+
+    value: T | None
+    source: str
+    raw: str | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+def _trim(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= EVIDENCE_CHARS else text[:EVIDENCE_CHARS] + "…"
+
+
+def read_problem(exc: BaseException) -> str:
+    """One phrase for why a read failed, for evidence lines."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied (run as root?)"
+    if isinstance(exc, IsADirectoryError):
+        return "unreadable: is a folder"
+    if isinstance(exc, TargetError):
+        return f"unreadable: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"unreadable: {exc.strerror}"
+    return f"unreadable: {exc}"
+
+
+def observe(target: Target, path: str, parse: Callable[[str], T | None], what: str) -> Observed[T]:
+    """Read one file and parse it; every failure becomes a problem, never an exception."""
+    try:
+        raw = target.read_text(path)
+    except (OSError, TargetError) as exc:
+        return Observed(None, path, None, read_problem(exc))
+    value = parse(raw)
+    if value is None:
+        if not raw.strip():
+            return Observed(None, path, "", "empty file")
+        return Observed(None, path, _trim(raw), f"not a recognisable {what}")
+    return Observed(value, path, _trim(raw))
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel build date (`uname -v`)
+
+_MONTHS = {m: i for i, m in enumerate(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+_TEXT_DATE = re.compile(
+    r"\b(?P<mon>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(?P<day>\d{1,2})\b"
+    r"(?P<rest>.*?)\b(?P<year>(?:19|20)\d\d)\b",
+    re.IGNORECASE,
+)
+_ISO_DATE = re.compile(r"\b(?P<year>(?:19|20)\d\d)-(?P<mon>\d\d)-(?P<day>\d\d)\b")
+
+
+def parse_kernel_build_date(text: str) -> date | None:
+    """Build date from a `uname -v` string, whatever the distribution put around it.
+
+    Handles ``#2 SMP Sat Nov 18 10:07:36 HKT 2023`` (any timezone token, or none), ``PREEMPT``
+    and ``PREEMPT_DYNAMIC`` words, a missing weekday or time, and Debian's
+    ``#1 SMP PREEMPT_DYNAMIC Debian 6.1.115-1 (2024-11-01)``.
+    """
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    match = _TEXT_DATE.search(line)
+    if match:
+        try:
+            return date(int(match["year"]), _MONTHS[match["mon"][:3].lower()], int(match["day"]))
+        except ValueError:
+            return None
+    iso = _ISO_DATE.search(line)
+    if iso:
+        try:
+            return date(int(iso["year"]), int(iso["mon"]), int(iso["day"]))
+        except ValueError:
+            return None
+    return None
+
+
+def kernel_build_date(target: Target) -> Observed[date]:
+    return observe(target, KERNEL_VERSION, parse_kernel_build_date, "`uname -v` build date")
+
+
+def kernel_release(target: Target) -> Observed[str]:
+    return observe(target, KERNEL_RELEASE, lambda t: t.strip() or None, "kernel release")
+
+
+# ---------------------------------------------------------------------------------------
+# PCIe driver: /proc/bmsophon/driver_version
+
+@dataclass(frozen=True)
+class DriverVersion:
+    version: str
+    released: date
+    built_at: datetime | None
+
+
+_DRIVER_LINE = re.compile(
+    r"release version:\s*(?P<ver>\d+\.\d+\.\d+)\s+release date:\s*(?P<date>\d{8})(?:-(?P<time>\d{6}))?"
+)
+
+
+def parse_driver_version(text: str) -> DriverVersion | None:
+    """``release version:0.5.1   release date: 20240717-103602`` (libsophon bm_debug.c)."""
+    match = _DRIVER_LINE.search(text)
+    if not match:
+        return None
+    try:
+        released = datetime.strptime(match["date"], "%Y%m%d").date()
+        built = datetime.strptime(match["date"] + match["time"], "%Y%m%d%H%M%S") if match["time"] else None
+    except ValueError:
+        return None
+    return DriverVersion(match["ver"], released, built)
+
+
+def driver_version(target: Target) -> Observed[DriverVersion]:
+    return observe(target, DRIVER_VERSION, parse_driver_version, "driver_version line")
+
+
+# ---------------------------------------------------------------------------------------
+# Cards and chips under /proc/bmsophon (PCIe)
+
+@dataclass(frozen=True)
+class Chip:
+    name: str  # bmsophon0
+    status: str | None
+    tpu_freq_mhz: int | None
+    chip_temp_c: int | None
+    clocks_mhz: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str  # card0
+    chipid: str | None
+    mode: str | None
+    board_type: str | None
+    tpu_min_mhz: int | None
+    tpu_max_mhz: int | None
+    chips: tuple[Chip, ...]
+
+
+def _first_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    match = re.search(r"-?\d+", text)
+    return int(match.group()) if match else None
+
+
+def parse_clk(text: str) -> dict[str, int]:
+    """``mpll: 2300 MHz`` lines of /proc/bmsophon/cardN/bmsophonM/clk."""
+    clocks = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*(\w+):\s*(\d+)\s*MHz", line)
+        if match:
+            clocks[match.group(1)] = int(match.group(2))
+    return clocks
+
+
+def _read_opt(target: Target, path: str) -> str | None:
+    try:
+        return target.read_text(path, limit=4096).strip()
+    except (OSError, TargetError):
+        return None
+
+
+def cards(target: Target) -> Observed[list[Card]]:
+    """Every card and chip the PCIe driver lists; an empty list when /proc/bmsophon is absent."""
+    try:
+        names = target.listdir(BMSOPHON)
+    except FileNotFoundError:
+        return Observed([], BMSOPHON, None, None)
+    except (OSError, TargetError) as exc:
+        return Observed(None, BMSOPHON, None, read_problem(exc))
+    found = []
+    for card in sorted(n for n in names if re.fullmatch(r"card\d+", n)):
+        base = f"{BMSOPHON}/{card}"
+        chips = []
+        try:
+            chip_names = sorted(n for n in target.listdir(base) if re.fullmatch(r"bmsophon\d+", n))
+        except (OSError, TargetError):
+            chip_names = []
+        for chip in chip_names:
+            cbase = f"{base}/{chip}"
+            clk = _read_opt(target, f"{cbase}/clk")
+            chips.append(Chip(
+                chip,
+                _read_opt(target, f"{cbase}/status"),
+                _first_int(_read_opt(target, f"{cbase}/tpu_freq")),
+                _first_int(_read_opt(target, f"{cbase}/chip_temp")),
+                parse_clk(clk) if clk else {},
+            ))
+        found.append(Card(
+            card,
+            _read_opt(target, f"{base}/chipid"),
+            _read_opt(target, f"{base}/mode"),
+            _read_opt(target, f"{base}/board_type"),
+            _first_int(_read_opt(target, f"{base}/tpu_minclk")),
+            _first_int(_read_opt(target, f"{base}/tpu_maxclk")),
+            tuple(chips),
+        ))
+    return Observed(found, BMSOPHON, ", ".join(c.name for c in found) or "no cards")
+
+
+# ---------------------------------------------------------------------------------------
+# Device nodes
+
+PCIE_NODE = re.compile(r"bm-sophon\d+")
+SOC_NODE = re.compile(r"bm-tpu\d+")
+CONTROL_NODE = "/dev/bmdev-ctl"
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    path: str
+    kind: str  # char, block, or whatever lstat found
+    can_open: bool | None  # None: unknown (a sysroot records no modes)
+
+
+def device_nodes(target: Target) -> Observed[list[DeviceNode]]:
+    """Sophgo device nodes: bm-sophonN (PCIe), bm-tpuN (SoC), bmdev-ctl, and the SoC's ion."""
+    try:
+        names = target.listdir("/dev")
+    except (OSError, TargetError) as exc:
+        return Observed(None, "/dev", None, read_problem(exc))
+    wanted = [n for n in names if PCIE_NODE.fullmatch(n) or SOC_NODE.fullmatch(n)]
+    wanted += [n for n in ("bmdev-ctl", "ion", "bm-vpp") if n in names]
+    nodes = []
+    for name in sorted(set(wanted)):
+        path = f"/dev/{name}"
+        st = target.lstat(path)
+        nodes.append(DeviceNode(path, st.kind if st else "missing", target.access(path, want_write=True)))
+    raw = " ".join(f"{n.path}({n.kind})" for n in nodes) or "no Sophgo nodes"
+    return Observed(nodes, "/dev", raw)
+
+
+# ---------------------------------------------------------------------------------------
+# Machine kind
+
+PCIE_HOST = "pcie-host"
+PCIE_DOCKER = "pcie-docker"
+SOC_BOARD = "soc-board"
+NO_DEVICE = "none"
+
+
+def parse_cpuinfo_is_bm1684x(text: str) -> bool:
+    """Sophgo's own tools call a machine SoC when cpuinfo's model name is bm1684x."""
+    return any(
+        line.split(":", 1)[0].strip().lower() == "model name" and "bm1684" in line.split(":", 1)[1].lower()
+        for line in text.splitlines() if ":" in line
+    )
+
+
+def in_container(target: Target) -> Observed[bool]:
+    for marker in ("/.dockerenv", "/run/.containerenv"):
+        if target.lstat(marker) is not None:
+            return Observed(True, marker, "present")
+    try:
+        cgroup = target.read_text("/proc/1/cgroup")
+    except (OSError, TargetError):
+        return Observed(False, "/.dockerenv", "absent")
+    inside = any(word in cgroup for word in ("docker", "containerd", "kubepods", "libpod"))
+    return Observed(inside, "/proc/1/cgroup", _trim(cgroup))
+
+
+def machine_kind(target: Target) -> Observed[str]:
+    """PCIe host, docker container on a PCIe host, SoC board, or none of these."""
+    evidence = []
+    soc = False
+    try:
+        cpuinfo = target.read_text(CPUINFO)
+        if parse_cpuinfo_is_bm1684x(cpuinfo):
+            soc = True
+            evidence.append(f"{CPUINFO}: model name bm1684x")
+    except (OSError, TargetError):
+        pass
+    dt_name = _read_opt(target, DEVICE_TREE_NAME)
+    if dt_name and "bm1684" in dt_name:
+        soc = True
+        evidence.append(f"{DEVICE_TREE_NAME}: {dt_name.strip(chr(0))}")
+    nodes = device_nodes(target).value or []
+    if any(SOC_NODE.fullmatch(n.path[5:]) for n in nodes):
+        soc = True
+        evidence.append("/dev/bm-tpu* present")
+    if soc:
+        return Observed(SOC_BOARD, CPUINFO, "; ".join(evidence))
+    pcie = target.lstat(DRIVER_VERSION) is not None or any(PCIE_NODE.fullmatch(n.path[5:]) for n in nodes)
+    if pcie:
+        evidence.append("/proc/bmsophon or /dev/bm-sophon* present")
+        container = in_container(target)
+        if container.value:
+            evidence.append(f"container: {container.source}")
+            return Observed(PCIE_DOCKER, container.source, "; ".join(evidence))
+        return Observed(PCIE_HOST, DRIVER_VERSION, "; ".join(evidence))
+    return Observed(
+        NO_DEVICE, "/dev",
+        "no /dev/bm-sophon*, no /dev/bm-tpu*, no /proc/bmsophon, cpuinfo is not bm1684x",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# libsophon install
+
+@dataclass(frozen=True)
+class LibsophonInstall:
+    current_link: str | None  # what /opt/sophon/libsophon-current points to
+    prefix: str | None  # the resolved folder, when it exists
+    version: str | None  # from the folder name libsophon-<ver>
+    libbmrt: bool
+    libbmlib: bool
+    kernel_module: bool  # lib/tpu_module/libbm1684x_kernel_module.so
+    ld_conf: str | None  # contents of /etc/ld.so.conf.d/libsophon.conf
+    profile_script: bool
+
+    @property
+    def missing(self) -> list[str]:
+        lib = f"{LIBSOPHON_CURRENT}/lib"
+        parts = []
+        if self.prefix is None:
+            parts.append(LIBSOPHON_CURRENT)
+        else:
+            if not self.libbmrt:
+                parts.append(f"{lib}/libbmrt.so")
+            if not self.libbmlib:
+                parts.append(f"{lib}/libbmlib.so")
+            if not self.kernel_module:
+                parts.append(f"{lib}/tpu_module/libbm1684x_kernel_module.so")
+        if self.ld_conf is None or f"{LIBSOPHON_CURRENT}/lib" not in self.ld_conf:
+            parts.append(LD_SO_CONF)
+        if not self.profile_script:
+            parts.append(PROFILE_SCRIPT)
+        return parts
+
+
+def libsophon_install(target: Target) -> Observed[LibsophonInstall]:
+    link = None
+    prefix = None
+    try:
+        st = target.lstat(LIBSOPHON_CURRENT)
+        if st is not None and st.kind == "link":
+            link = target.readlink(LIBSOPHON_CURRENT)
+        resolved = target.resolve(LIBSOPHON_CURRENT)
+        resolved_stat = target.lstat(resolved)
+        if resolved_stat is not None and resolved_stat.kind == "dir":
+            prefix = resolved
+    except (OSError, TargetError) as exc:
+        return Observed(None, LIBSOPHON_CURRENT, link, read_problem(exc))
+    version = None
+    if prefix:
+        match = re.search(r"libsophon-(\d[\w.\-]*)$", prefix)
+        version = match.group(1) if match else None
+    lib = f"{prefix}/lib" if prefix else None
+    install = LibsophonInstall(
+        current_link=link,
+        prefix=prefix,
+        version=version,
+        libbmrt=bool(lib) and target.exists(f"{lib}/libbmrt.so"),
+        libbmlib=bool(lib) and target.exists(f"{lib}/libbmlib.so"),
+        kernel_module=bool(lib) and target.exists(f"{lib}/tpu_module/libbm1684x_kernel_module.so"),
+        ld_conf=_read_opt(target, LD_SO_CONF),
+        profile_script=target.exists(PROFILE_SCRIPT),
+    )
+    raw = f"{LIBSOPHON_CURRENT} -> {link}" if link else f"{LIBSOPHON_CURRENT}: {'folder' if prefix else 'absent'}"
+    return Observed(install, LIBSOPHON_CURRENT, raw)
+
+
+# ---------------------------------------------------------------------------------------
+# dpkg status
+
+@dataclass(frozen=True)
+class DebPackage:
+    name: str
+    version: str
+    status: str  # e.g. "install ok installed", "install ok half-configured"
+    architecture: str | None
+
+    @property
+    def installed(self) -> bool:
+        return self.status.split()[-1:] == ["installed"]
+
+
+def parse_dpkg_status(text: str) -> dict[str, DebPackage]:
+    """Stanzas of dpkg's status file (deb822: ``Field: value``, continuation lines indented)."""
+    packages: dict[str, DebPackage] = {}
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        last = None
+        for line in stanza.splitlines():
+            if line[:1] in (" ", "\t") and last:
+                fields[last] += "\n" + line.strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                last = key.strip().lower()
+                fields[last] = value.strip()
+        if "package" in fields and "status" in fields:
+            packages[fields["package"]] = DebPackage(
+                fields["package"], fields.get("version", ""), fields["status"], fields.get("architecture"),
+            )
+    return packages
+
+
+def sophon_packages(target: Target) -> Observed[dict[str, DebPackage]]:
+    """Installed sophon-* debs; an empty dict when dpkg knows none (or has no status file)."""
+    try:
+        text = target.read_text(DPKG_STATUS, limit=64 << 20)
+    except FileNotFoundError:
+        return Observed({}, DPKG_STATUS, None, None)
+    except (OSError, TargetError) as exc:
+        return Observed(None, DPKG_STATUS, None, read_problem(exc))
+    sophon = {n: p for n, p in parse_dpkg_status(text).items() if n.startswith("sophon-")}
+    raw = ", ".join(f"{p.name} {p.version} ({p.status})" for p in sophon.values()) or "no sophon-* packages"
+    return Observed(sophon, DPKG_STATUS, raw)
+
+
+# ---------------------------------------------------------------------------------------
+# TPU clocks
+
+@dataclass(frozen=True)
+class Clocks:
+    """Current PLL rates in Hz (SoC, from debugfs clk_rate) or MHz-derived (PCIe)."""
+
+    rates_hz: dict[str, int]
+    source: str
+
+
+SOC_CLOCKS = ("tpll_clock", "mpll_clock", "vpll_clock")
+
+
+def soc_clocks(target: Target) -> Observed[Clocks]:
+    """Read /sys/kernel/debug/clk/<pll>/clk_rate; top/clock only lists what was written."""
+    rates = {}
+    problems = []
+    for name in SOC_CLOCKS:
+        path = f"{CLK_DEBUGFS}/{name}/clk_rate"
+        try:
+            text = target.read_text(path, limit=64).strip()
+        except (OSError, TargetError) as exc:
+            problems.append(f"{path}: {read_problem(exc)}")
+            continue
+        if text.isdigit():
+            rates[name] = int(text)
+        else:
+            problems.append(f"{path}: not a number: {_trim(text)!r}")
+    raw = ", ".join(f"{k}={v}" for k, v in rates.items())
+    if problems:
+        return Observed(None, CLK_DEBUGFS, raw or None, "; ".join(problems))
+    return Observed(Clocks(rates, CLK_DEBUGFS), CLK_DEBUGFS, raw)
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: RAM and SoC ion heaps
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo in bytes (the file says kB, meaning KiB)."""
+    values = {}
+    for line in text.splitlines():
+        match = re.match(r"(\w+):\s+(\d+)\s*(kB)?", line)
+        if match:
+            values[match.group(1)] = int(match.group(2)) * (1024 if match.group(3) else 1)
+    return values if "MemTotal" in values else {}
+
+
+def meminfo(target: Target) -> Observed[dict[str, int]]:
+    return observe(target, MEMINFO, lambda t: parse_meminfo(t) or None, "/proc/meminfo")
+
+
+HEAPS = ("npu", "vpu", "vpp")
+
+
+def ion_heaps(target: Target) -> Observed[dict[str, int]]:
+    """Total bytes of the SoC's npu/vpu/vpp ion heaps (debugfs, root only on real boards)."""
+    sizes = {}
+    problems = []
+    for heap in HEAPS:
+        path = f"{ION_HEAPS}/bm_{heap}_heap_dump/total_mem"
+        try:
+            text = target.read_text(path, limit=64).strip()
+        except (OSError, TargetError) as exc:
+            problems.append(f"{path}: {read_problem(exc)}")
+            continue
+        if text.isdigit():
+            sizes[heap] = int(text)
+        else:
+            problems.append(f"{path}: not a number")
+    raw = ", ".join(f"{k}={v // (1 << 20)} MiB" for k, v in sizes.items())
+    if "npu" not in sizes:
+        return Observed(None, ION_HEAPS, raw or None, "; ".join(problems) or "no npu heap")
+    return Observed(sizes, ION_HEAPS, raw)
+
+
+def bm_version(target: Target) -> Observed[str]:
+    """SoC `bm_version` output: recorded in a sysroot, run on a real board."""
+    recorded = target.recorded_output("bm_version")
+    if recorded is not None:
+        return Observed(recorded, "/_cmd/bm_version.txt", _trim(recorded))
+    if target.is_sysroot:
+        return Observed(None, "bm_version", None, "not recorded in this sysroot")
+    try:
+        result = target.run(["bm_version"], timeout=10)
+    except TargetError as exc:
+        return Observed(None, "bm_version", None, str(exc))
+    if not result.ok:
+        return Observed(None, "bm_version", _trim(result.stderr.decode(errors="replace")), "command failed")
+    return Observed(result.text(), "bm_version", _trim(result.text()))
+
+
+def parse_sdk_version(bm_version_text: str) -> str | None:
+    match = re.search(r"SophonSDK version:\s*(.+)", bm_version_text)
+    return match.group(1).strip() if match else None

@@ -1,0 +1,3 @@
+from llmtpu.cli import main
+
+raise SystemExit(main())

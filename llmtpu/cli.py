@@ -1,0 +1,49 @@
+"""The `llmtpu` command line: one sub-command per capability, each defined beside its code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from llmtpu import __version__
+
+#: Usage errors exit with EX_USAGE (sysexits.h), distinct from the doctor's 0/1/2/3.
+EXIT_USAGE = 64
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 64."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"llmtpu: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmtpu.doctor import command as doctor_command
+
+    parser = Parser(prog="llmtpu", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llmtpu {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    doctor_command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = args.run(args)
+    except UsageError as exc:
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("llmtpu: interrupted", file=sys.stderr)
+        return 130
+    return code

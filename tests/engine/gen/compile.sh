@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Compile the ONNX parts of tiny_llama.py into one combined BM1684X bmodel with tpu-mlir.
+#
+#   compile.sh VENV ONNX_DIR WORK_DIR MODE OUT_BMODEL        MODE: f16 | bf16 | w8bf16
+#
+# VENV is a Python 3.10 venv holding the tpu_mlir wheel (build.sh makes it). Embeddings keep
+# half-precision outputs (--quant_output), blocks take and give half precision
+# (--quant_input --quant_output) and lm_head takes half precision and gives f32 logits, so the
+# engine moves f16/bf16 hidden states and KV caches between nets without conversions.
+# The kernel module (5.6 MB, the same in every bmodel) is removed: the runtime falls back to
+# its own copy, and the committed file stays a few hundred KB.
+set -euo pipefail
+
+venv=$(realpath "$1") onnx_dir=$(realpath "$2") work=$(realpath -m "$3") mode=$4
+out=$(realpath -m "$5")
+here=$(cd "$(dirname "$0")" && pwd)
+case $mode in
+  f16) half=F16 block=F16 ;;
+  bf16) half=BF16 block=BF16 ;;
+  w8bf16) half=BF16 block=W8BF16 ;;
+  *) echo "compile.sh: unknown mode $mode (f16, bf16, w8bf16)" >&2; exit 64 ;;
+esac
+
+export PATH="$venv/bin:$PATH"
+export PYTHONPATH="$here/torch_stub${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$work"
+cd "$work"
+
+layers=$(find "$onnx_dir" -name 'block_cache_*.onnx' | wc -l)
+parts=(embedding embedding_cache lm_head)
+for ((i = 0; i < layers; i++)); do parts+=("block_$i" "block_cache_$i"); done
+
+for part in "${parts[@]}"; do
+  case $part in
+    embedding*) quantize=$half flags=(--quant_output) ;;
+    lm_head) quantize=$half flags=(--quant_input) ;;
+    *) quantize=$block flags=(--quant_input --quant_output) ;;
+  esac
+  model_transform.py --model_name "$part" --model_def "$onnx_dir/$part.onnx" \
+    --mlir "$part.mlir" > "$part.transform.log" 2>&1 \
+    || { tail -20 "$part.transform.log" >&2; exit 1; }
+  model_deploy.py --mlir "$part.mlir" --quantize "$quantize" --chip bm1684x \
+    "${flags[@]}" --model "$part.bmodel" > "$part.deploy.log" 2>&1 \
+    || { tail -20 "$part.deploy.log" >&2; exit 1; }
+  echo "compiled $part ($quantize)"
+done
+
+bmodels=()
+for part in "${parts[@]}"; do bmodels+=("$part.bmodel"); done
+model_tool --combine "${bmodels[@]}" -o combined.bmodel > combine.log 2>&1
+model_tool --kernel_remove combined.bmodel > kernel_remove.log 2>&1
+mkdir -p "$(dirname "$out")"
+cp combined.bmodel "$out"
+echo "wrote $out ($(stat -c %s "$out") bytes)"
