@@ -42,3 +42,16 @@ def sysroot(tmp_path: Path):
         return copy_sample(name, dest)
 
     return make
+
+
+@pytest.fixture
+def sshd_farm(tmp_path: Path):
+    """Real OpenSSH sshd boards on 127.0.0.1 (see tests/sshd.py); all stopped after the test."""
+    from tests.sshd import SshdFarm, sshd_available
+
+    require(sshd_available(), "OpenSSH sshd is not installed (apt-get install openssh-server)")
+    farm = SshdFarm(tmp_path / "sshd")
+    try:
+        yield farm
+    finally:
+        farm.close()
