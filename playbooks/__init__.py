@@ -1,0 +1,1 @@
+"""The built-in playbooks: TOML data files read by llmtpu.playbook (copy one to adapt it)."""
