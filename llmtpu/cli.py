@@ -23,12 +23,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llmtpu import play_command
     from llmtpu.doctor import command as doctor_command
 
     parser = Parser(prog="llmtpu", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmtpu {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     doctor_command.add_parser(commands)
+    play_command.add_parser(commands)
     return parser
 
 

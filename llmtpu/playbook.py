@@ -298,7 +298,7 @@ class PlayRunner:
             return self._doctor(step, step.args.get("checks", []), step.args.get("require"))
         if step.run == "say":
             lines = tuple(str(step.args["text"]).strip().splitlines())
-            return StepOutcome(step.id, "stopped" if step.args.get("stop") and not self.dry_run else "done", lines)
+            return StepOutcome(step.id, "stopped" if step.args.get("stop") else "done", lines)
         if step.run == "operation":
             operation = self.operation_for(step.args["operation"], step.args.get("args", {}))
             if operation is None:
@@ -334,7 +334,7 @@ class PlayRunner:
         if not operations:
             return StepOutcome(step.id, "done", ("nothing to fix",))
         outcome = self._apply(step, operations)
-        if not self.dry_run:
+        if not self.dry_run and outcome.status == "done":
             after = run_doctor(self.target, self.options, step.args["checks"])
             self.state.results.update({r.id: r.status for r in after.results})
             still = [f"{r.id} {r.status}" for r in after.results if r.status == "fail"]
@@ -346,6 +346,7 @@ class PlayRunner:
         from llmtpu.provision.operation import Journal
 
         lines: list[str] = []
+        reboot = False
         for operation in operations:
             plan = operation.plan(self.target)
             lines.extend(plan.lines())
@@ -355,4 +356,10 @@ class PlayRunner:
             problems = operation.verify(self.target)
             if problems:
                 raise StepFailed(f"{operation.id}: not in the wanted state after apply: {'; '.join(problems)}")
-        return StepOutcome(step.id, "planned" if self.dry_run else "done", tuple(lines))
+            reboot = reboot or plan.reboot_required
+        if self.dry_run:
+            return StepOutcome(step.id, "planned", tuple(lines))
+        if reboot:
+            lines.append("reboot the machine now, then run this playbook again: it continues from here")
+            return StepOutcome(step.id, "stopped", tuple(lines))
+        return StepOutcome(step.id, "done", tuple(lines))

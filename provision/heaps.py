@@ -81,6 +81,7 @@ class ResizeHeaps(Operation):
                                    ", ".join(f"{k} {v} MiB" for k, v in self.sizes_mib.items())))
         plan.changes.append(Change(f"replace {BOOT_IMAGE} (the current one is kept for undo)"))
         plan.notes.append("the new sizes take effect after a reboot")
+        plan.reboot_required = True
         return plan
 
     def apply(self, target: Target, plan: Plan, journal: Journal) -> None:

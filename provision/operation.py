@@ -42,6 +42,7 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     needs_root: bool = True
+    reboot_required: bool = False  # the change takes effect only after the machine reboots
 
     @property
     def nothing_to_do(self) -> bool:
@@ -139,11 +140,16 @@ class Operation(ABC):
 
 
 def confirm(plans: list[Plan], assume_yes: bool, stdin: TextIO | None = None, out: TextIO | None = None) -> bool:
+    """Ask before applying plans; False when there is nothing to do."""
+    if all(p.nothing_to_do for p in plans):
+        return False
+    return ask_to_apply(assume_yes, stdin, out)
+
+
+def ask_to_apply(assume_yes: bool, stdin: TextIO | None = None, out: TextIO | None = None) -> bool:
     """Ask before a destructive apply. No terminal to ask on and no --yes: refuse, never guess."""
     stdin = stdin if stdin is not None else sys.stdin
     out = out if out is not None else sys.stderr
-    if all(p.nothing_to_do for p in plans):
-        return False
     if assume_yes:
         return True
     if stdin is None or not stdin.isatty():

@@ -1,0 +1,29 @@
+"""Which Operation carries out each operation or fix id (the ids doctor fixes and playbooks name)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llmtpu.provision.operation import Operation
+
+
+def _heaps(args: dict[str, Any]) -> Operation:
+    from llmtpu.provision.heaps import ResizeHeaps
+
+    return ResizeHeaps(sizes_mib=args.get("sizes_mib"), script=args.get("script"))
+
+
+FACTORIES: dict[str, Callable[[dict[str, Any]], Operation]] = {
+    "heaps.resize": _heaps,
+}
+
+
+def operation_ids() -> set[str]:
+    return set(FACTORIES)
+
+
+def operation_for(op_id: str, args: dict[str, Any]) -> Operation | None:
+    """The operation for an id, built with its arguments; None when llmtpu has none for it."""
+    factory = FACTORIES.get(op_id)
+    return factory(args) if factory else None
