@@ -416,13 +416,25 @@ def check_heaps(f: Facts) -> CheckResult:
     model = f.model
     if model is None:
         return result("memory.heaps", WARN, f"unknown model {f.options.model!r}: see `llmtpu doctor --list-models`")
+    need = f"{model.name} needs {model.npu_mib} MiB{' (estimate)' if model.estimate else ''}"
+    if f.kind.value in PCIE_KINDS:
+        chips = [(card, chip) for card in (f.cards.value or []) for chip in card.chips]
+        sized = [(card, chip) for card, chip in chips if chip.heap_bytes]
+        if not sized:
+            return result("memory.heaps", SKIP, "no chip lists its heaps under /proc/bmsophon", [ev(f.cards)])
+        e = [Evidence(f"{facts.BMSOPHON}/{card.name}/{chip.name}/heap", f"heap0 {chip.heap_bytes[0] >> 20} MiB")
+             for card, chip in sized]
+        small = [chip.name for _, chip in sized if chip.heap_bytes[0] >> 20 < model.npu_mib]
+        if small:
+            return result("memory.heaps", FAIL, f"device memory heap0 too small on {', '.join(small)}: {need}", e,
+                          Fix("none", "choose a smaller model or quantisation (`llmtpu doctor --list-models`)"))
+        return result("memory.heaps", OK, f"heap0 {sized[0][1].heap_bytes[0] >> 20} MiB per chip; {need}", e)
     observed = f.heaps
     e = [ev(observed)]
     if observed.value is None:
         status = SKIP if "missing" in (observed.problem or "") else WARN
         return result("memory.heaps", status, f"ion heap sizes unreadable (debugfs, root only): {observed.problem}", e)
     npu_mib = observed.value["npu"] >> 20
-    need = f"{model.name} needs {model.npu_mib} MiB{' (estimate)' if model.estimate else ''}"
     if npu_mib < model.npu_mib:
         return result("memory.heaps", FAIL, f"NPU heap {npu_mib} MiB too small: {need}", e, fix_heaps(model))
     return result("memory.heaps", OK, f"NPU heap {npu_mib} MiB; {need}", e)
@@ -484,7 +496,7 @@ CHECKS: tuple[Check, ...] = (
           "dpkg status; libsophon and driver come from the same release", check_packages),
     Check("tpu.clocks", "TPU clocks", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "linux-arm64 bm1684x_clock.dtsi defaults; LLM-TPU README Q3 downclock", check_clocks),
-    Check("memory.heaps", "SoC NPU heap for the model", (SOC_BOARD,),
+    Check("memory.heaps", "Device memory for the model", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "LLM-TPU models/Qwen1_5/README.md memory rule; FAQ Q10 (bm_alloc_gmem failed)", check_heaps),
     Check("memory.ram", "System RAM", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "llmtpu: at least 1 GiB available (LLM-TPU #137)", check_ram),

@@ -178,6 +178,7 @@ class Chip:
     tpu_freq_mhz: int | None
     chip_temp_c: int | None
     clocks_mhz: dict[str, int] = field(default_factory=dict)
+    heap_bytes: tuple[int, ...] = ()  # heap0 is where bmruntime puts the model
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,13 @@ def parse_clk(text: str) -> dict[str, int]:
     return clocks
 
 
+def parse_heaps(text: str) -> tuple[int, ...]:
+    """``heap0, size = 0x2a0000000, start_addr =0x100000000`` lines, sizes in bytes by heap index."""
+    found = {int(m.group(1)): int(m.group(2), 16)
+             for m in re.finditer(r"heap(\d+),\s*size\s*=\s*0x([0-9a-fA-F]+)", text)}
+    return tuple(found[i] for i in sorted(found))
+
+
 def _read_opt(target: Target, path: str) -> str | None:
     try:
         return target.read_text(path, limit=4096).strip()
@@ -234,12 +242,14 @@ def cards(target: Target) -> Observed[list[Card]]:
         for chip in chip_names:
             cbase = f"{base}/{chip}"
             clk = _read_opt(target, f"{cbase}/clk")
+            heap = _read_opt(target, f"{cbase}/heap")
             chips.append(Chip(
                 chip,
                 _read_opt(target, f"{cbase}/status"),
                 _first_int(_read_opt(target, f"{cbase}/tpu_freq")),
                 _first_int(_read_opt(target, f"{cbase}/chip_temp")),
                 parse_clk(clk) if clk else {},
+                parse_heaps(heap) if heap else (),
             ))
         found.append(Card(
             card,

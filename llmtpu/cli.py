@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -25,12 +26,14 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from llmtpu import play_command
     from llmtpu.doctor import command as doctor_command
+    from llmtpu.doctor import models_command
 
     parser = Parser(prog="llmtpu", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmtpu {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     doctor_command.add_parser(commands)
     play_command.add_parser(commands)
+    models_command.add_parser(commands)
     return parser
 
 
@@ -48,4 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmtpu: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`llmtpu ... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return code

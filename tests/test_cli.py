@@ -94,3 +94,13 @@ def test_list_checks_and_models() -> None:
     assert checks.returncode == 0 and "driver.date" in checks.stdout
     models = llmtpu("doctor", "--list-models")
     assert models.returncode == 0 and "llama2-7b" in models.stdout
+
+
+def test_models_fit_the_machine() -> None:
+    small = json.loads(llmtpu("models", "--root", str(SAMPLES / "soc-board-old-kernel"), "--json").stdout)
+    fits = {m["name"]: m["fits"] for m in small["models"]}
+    assert small["device_memory_mib"] == 3950 and fits["llama2-7b"] is False and fits["qwen1.5-1.8b"] is True
+    card = json.loads(llmtpu("models", "--root", str(SAMPLES / "pcie-host-ok"), "--json").stdout)
+    assert card["source"] == "card heap0" and all(m["fits"] for m in card["models"] if m["npu_mib"] <= 10752)
+    nothing = json.loads(llmtpu("models", "--root", str(SAMPLES / "pcie-docker-no-libsophon"), "--json").stdout)
+    assert nothing["device_memory_mib"] == 10752
