@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.root):
         raise UsageError(f"--root: {args.root} is not a folder; give the folder that holds the machine's files")
     available, where = device_memory_mib(args.root)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model in load_models().values():
         fits = None if available is None else available >= model.npu_mib
         rows.append({"name": model.name, "family": model.family, "quant": model.quant,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(column)
     for row in rows:
         need = f"{row['npu_mib']}{' (est.)' if row['estimate'] else ''}"
-        fits = {None: "?", True: "[green]yes[/]", False: "[red]no[/]"}[row["fits"]]
-        table.add_row(str(row["name"]), str(row["quant"]), need, fits)
+        verdict = {None: "?", True: "[green]yes[/]", False: "[red]no[/]"}[row["fits"]]
+        table.add_row(str(row["name"]), str(row["quant"]), need, verdict)
     Console().print(table)
     return 0

@@ -14,8 +14,22 @@ def _heaps(args: dict[str, Any]) -> Operation:
     return ResizeHeaps(sizes_mib=args.get("sizes_mib"), script=args.get("script"))
 
 
+def _clock_apply(args: dict[str, Any]) -> Operation:
+    from llmtpu.provision.clock import ClockApply
+
+    return ClockApply(args.get("rates"))
+
+
+def _clock_persist(args: dict[str, Any]) -> Operation:
+    from llmtpu.provision.clock import ClockPersist
+
+    return ClockPersist(args.get("rates"))
+
+
 FACTORIES: dict[str, Callable[[dict[str, Any]], Operation]] = {
     "heaps.resize": _heaps,
+    "clock.apply": _clock_apply,
+    "clock.persist": _clock_persist,
 }
 
 

@@ -1,0 +1,256 @@
+"""Lower (or restore) the SoC's TPU, memory and video PLLs, now and across reboots.
+
+LLM-TPU's fix for all-``!`` output is three ``echo "setr <clk> <rate>" > /sys/kernel/debug/top/clock``
+lines (README Q3). Three facts shape this module (sophgo.md §2.3):
+
+* the driver copies ``count - 1`` bytes of each write, so every ``setr`` line needs its trailing
+  newline, and each write carries exactly one command (one ``tee`` per line);
+* ``top/clock`` only lists what was written since boot, so the rates are read back from the
+  common-clock debugfs ``clk/<name>/clk_rate`` (the doctor's ``soc_clocks`` fact);
+* debugfs writes are lost at reboot; a systemd oneshot re-applies them (see ``unit_text``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from llmtpu.doctor.checks import SEED_DOWNCLOCK, SOC_DEFAULT_CLOCKS
+from llmtpu.doctor.facts import SOC_CLOCKS, TOP_CLOCK, soc_clocks
+from llmtpu.provision.operation import Change, Journal, JournalRecord, Operation, OperationError, Plan
+from llmtpu.target import Target, TargetError
+
+UNIT_NAME = "llmtpu-clock.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
+#: bm_clk_pll_set_rate picks the nearest rate its dividers reach; closer than this counts as equal.
+RATE_TOLERANCE = 0.005
+
+
+def setr_line(name: str, rate: int) -> bytes:
+    """One driver command, with the newline the driver drops instead of the last digit."""
+    return f"setr {name} {rate}\n".encode()
+
+
+def read_rates(target: Target) -> dict[str, int]:
+    """The running PLL rates in Hz; an error that says why when debugfs cannot be read."""
+    observed = soc_clocks(target)
+    if observed.value is None:
+        raise OperationError(f"cannot read the PLL rates on {target.name}: {observed.problem} "
+                             "(debugfs needs root and `mount -t debugfs none /sys/kernel/debug`)")
+    return dict(observed.value.rates_hz)
+
+
+def same_rate(now: int, wanted: int) -> bool:
+    return abs(now - wanted) <= wanted * RATE_TOLERANCE
+
+
+def check_rates(rates: Mapping[str, int]) -> dict[str, int]:
+    """Known clocks, positive, never above the device-tree default (no overclocking)."""
+    for name, rate in rates.items():
+        if name not in SOC_DEFAULT_CLOCKS:
+            raise OperationError(f"unknown clock {name!r}; known: {', '.join(SOC_CLOCKS)}")
+        if not 0 < rate <= SOC_DEFAULT_CLOCKS[name]:
+            raise OperationError(f"{name} {rate} Hz is outside 1..{SOC_DEFAULT_CLOCKS[name]} Hz "
+                                 "(the board's default is the maximum)")
+    return dict(rates)
+
+
+def write_rates(target: Target, rates: Mapping[str, int]) -> None:
+    """One ``tee -a`` per line: the driver parses one command per write() call."""
+    for name, rate in rates.items():
+        try:
+            result = target.run(["tee", "-a", target.host_path(TOP_CLOCK)], input=setr_line(name, rate))
+        except TargetError as exc:
+            raise OperationError(f"cannot write {TOP_CLOCK}: {exc}") from exc
+        if not result.ok:
+            detail = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
+            raise OperationError(f"writing setr {name} {rate} to {TOP_CLOCK} failed: {detail} "
+                                 "(run as root with debugfs mounted)")
+
+
+def differing(now: Mapping[str, int], wanted: Mapping[str, int]) -> dict[str, int]:
+    """Only what differs is written: a second apply finds nothing to do."""
+    return {name: rate for name, rate in wanted.items() if not same_rate(now[name], rate)}
+
+
+def rate_changes(now: Mapping[str, int], wanted: Mapping[str, int]) -> list[Change]:
+    return [Change(f"setr {name} {rate} > {TOP_CLOCK}", f"{name} {now[name]} Hz", f"{name} {rate} Hz")
+            for name, rate in differing(now, wanted).items()]
+
+
+class ClockApply(Operation):
+    """``clock.apply``: set the PLL rates now (lost at reboot; ClockPersist keeps them)."""
+
+    id = "clock.apply"
+    summary = "lower the TPU/memory/video PLLs (LLM-TPU README Q3)"
+
+    def __init__(self, rates: Mapping[str, int] | None = None) -> None:
+        self.rates = check_rates(rates if rates is not None else SEED_DOWNCLOCK)
+
+    def plan(self, target: Target) -> Plan:
+        plan = Plan(self.id, target.name)
+        plan.changes = rate_changes(read_rates(target), self.rates)
+        if plan.changes:
+            plan.notes.append(f"lost at reboot unless persisted (`llmtpu clock persist` installs {UNIT_NAME})")
+        return plan
+
+    def apply(self, target: Target, plan: Plan, journal: Journal) -> None:
+        if plan.nothing_to_do:
+            return
+        before = read_rates(target)
+        # Record first: if a write fails halfway, undo still knows the rates to go back to.
+        journal.record(self.id, {"before": before, "wanted": self.rates})
+        write_rates(target, differing(before, self.rates))
+
+    def verify(self, target: Target) -> list[str]:
+        now = read_rates(target)
+        return [f"{name} runs at {now[name]} Hz, wanted {rate} Hz"
+                for name, rate in self.rates.items() if not same_rate(now[name], rate)]
+
+    def plan_undo(self, target: Target, entry: JournalRecord) -> Plan:
+        plan = Plan(self.id + ".undo", target.name)
+        plan.changes = rate_changes(read_rates(target), entry.undo["before"])
+        return plan
+
+    def undo(self, target: Target, entry: JournalRecord) -> Plan:
+        plan = self.plan_undo(target, entry)
+        write_rates(target, differing(read_rates(target), entry.undo["before"]))
+        Journal(target).mark_undone(entry)
+        return plan
+
+
+def unit_text(rates: Mapping[str, int]) -> str:
+    """The oneshot unit that re-applies the rates at every boot.
+
+    Why a systemd oneshot after ``bmrt_setup.service``: the device tree puts the default rates
+    back at each boot, and Sophgo's documented way to run something at boot on SE7/Airbox is
+    a unit in /etc/systemd/system ordered after ``bmrt_setup.service`` (sophon-tools
+    se7-skill 11-bsp-faq.md). Running after the board's own TPU setup means nothing resets
+    the PLLs behind us; ``rc.local`` is not confirmed on these images, a udev rule has no
+    debugfs guarantee. Each ExecStart is its own process, hence its own write, with echo's
+    newline. The rates are integers checked by ``check_rates``, never user text.
+    """
+    lines = [
+        "# Written by llmtpu (`llmtpu clock persist`); `llmtpu clock undo` removes it.",
+        "[Unit]",
+        "Description=llmtpu: TPU/memory/video PLL rates for LLM-TPU (README Q3)",
+        "After=bmrt_setup.service sys-kernel-debug.mount",
+        f"ConditionPathExists={TOP_CLOCK}",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+    ]
+    lines += [f"ExecStart=/bin/sh -c 'echo setr {name} {rate} > {TOP_CLOCK}'" for name, rate in rates.items()]
+    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def systemd_running(target: Target) -> bool:
+    """Only a live machine booted with systemd can take daemon-reload/enable."""
+    return not target.is_sysroot and target.exists("/run/systemd/system")
+
+
+def _run(target: Target, argv: list[str]) -> None:
+    try:
+        result = target.run(argv)
+    except TargetError as exc:
+        raise OperationError(str(exc)) from exc
+    if not result.ok:
+        detail = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
+        raise OperationError(f"{' '.join(argv)} failed: {detail}")
+
+
+class ClockPersist(Operation):
+    """``clock.persist``: install and enable a oneshot unit that writes the rates at boot."""
+
+    id = "clock.persist"
+    summary = f"re-apply the PLL rates at every boot ({UNIT_NAME}, after bmrt_setup.service)"
+
+    def __init__(self, rates: Mapping[str, int] | None = None) -> None:
+        self.rates = check_rates(rates if rates is not None else SEED_DOWNCLOCK)
+
+    def _current_unit(self, target: Target) -> str | None:
+        try:
+            return target.read_text(UNIT_PATH)
+        except FileNotFoundError:
+            return None
+
+    def _enabled(self, target: Target) -> bool:
+        return target.lstat(WANTS_LINK) is not None
+
+    def plan(self, target: Target) -> Plan:
+        plan = Plan(self.id, target.name)
+        wanted = unit_text(self.rates)
+        current = self._current_unit(target)
+        if current != wanted:
+            plan.changes.append(Change(f"write {UNIT_PATH}", current, wanted))
+        if not self._enabled(target):
+            plan.changes.append(Change(f"enable {UNIT_NAME} (link {WANTS_LINK})", None, UNIT_PATH))
+        if plan.changes and not systemd_running(target):
+            plan.notes.append("no running systemd here: the link is made directly and "
+                              "`systemctl daemon-reload` is NOT run; it takes effect at the next boot")
+        return plan
+
+    def apply(self, target: Target, plan: Plan, journal: Journal) -> None:
+        if plan.nothing_to_do:
+            return
+        had_link = self._enabled(target)
+        existed = self._current_unit(target) is not None
+        backup = target.write_atomic(UNIT_PATH, unit_text(self.rates).encode(), mode=0o644, backup=True)
+        journal.record(self.id, {"unit_existed": existed, "link_existed": had_link, "backup": backup})
+        if systemd_running(target):
+            _run(target, ["systemctl", "daemon-reload"])
+            _run(target, ["systemctl", "enable", UNIT_NAME])
+        elif not had_link:
+            _run(target, ["mkdir", "-p", target.host_path(WANTS_LINK.rsplit("/", 1)[0])])
+            _run(target, ["ln", "-sfn", UNIT_PATH, target.host_path(WANTS_LINK)])
+
+    def verify(self, target: Target) -> list[str]:
+        problems = []
+        if self._current_unit(target) != unit_text(self.rates):
+            problems.append(f"{UNIT_PATH} does not hold the wanted rates")
+        if not self._enabled(target):
+            problems.append(f"{UNIT_NAME} is not enabled ({WANTS_LINK} missing)")
+        return problems
+
+    def plan_undo(self, target: Target, entry: JournalRecord) -> Plan:
+        plan = Plan(self.id + ".undo", target.name)
+        if not entry.undo["link_existed"] and self._enabled(target):
+            plan.changes.append(Change(f"disable {UNIT_NAME} (remove {WANTS_LINK})", UNIT_PATH, None))
+        backup = entry.undo.get("backup")
+        if backup:
+            plan.changes.append(Change(f"restore {UNIT_PATH} from {backup}"))
+        elif not entry.undo["unit_existed"] and self._current_unit(target) is not None:
+            plan.changes.append(Change(f"remove {UNIT_PATH}", "present", None))
+        return plan
+
+    def undo(self, target: Target, entry: JournalRecord) -> Plan:
+        plan = self.plan_undo(target, entry)
+        live = systemd_running(target)
+        for change in plan.changes:
+            if change.what.startswith("disable"):
+                if live:
+                    _run(target, ["systemctl", "disable", UNIT_NAME])
+                else:
+                    _run(target, ["rm", "-f", "--", target.host_path(WANTS_LINK)])
+            elif change.what.startswith("restore"):
+                target.write_atomic(UNIT_PATH, target.read_bytes(entry.undo["backup"]), backup=False)
+            else:
+                _run(target, ["rm", "-f", "--", target.host_path(UNIT_PATH)])
+        if live and plan.changes:
+            _run(target, ["systemctl", "daemon-reload"])
+        Journal(target).mark_undone(entry)
+        return plan
+
+
+#: The clock operations by journal id, so an undo can rebuild the one that wrote a record.
+CLOCK_OPERATIONS: dict[str, type[ClockApply] | type[ClockPersist]] = {
+    ClockApply.id: ClockApply, ClockPersist.id: ClockPersist,
+}
+
+
+def pending_records(target: Target) -> list[JournalRecord]:
+    """Clock records not undone yet, newest first (the order undo walks them)."""
+    records = [r for r in Journal(target).records() if r.operation in CLOCK_OPERATIONS and not r.undone]
+    return list(reversed(records))
