@@ -16,6 +16,7 @@ from typing import Any
 from llmtpu.data import load_toml
 from llmtpu.doctor import facts
 from llmtpu.doctor.facts import NO_DEVICE, PCIE_DOCKER, PCIE_HOST, SOC_BOARD, Observed
+from llmtpu.doctor.kernel_log import check_kernel_log
 from llmtpu.target import Target, TargetError
 
 #: The oldest kernel (SoC, `uname -v`) or driver (PCIe, driver_version) build date LLM-TPU
@@ -500,6 +501,9 @@ CHECKS: tuple[Check, ...] = (
           "LLM-TPU models/Qwen1_5/README.md memory rule; FAQ Q10 (bm_alloc_gmem failed)", check_heaps),
     Check("memory.ram", "System RAM", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "llmtpu: at least 1 GiB available (LLM-TPU #137)", check_ram),
+    Check("kernel.log", "Kernel log errors", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "libsophon driver messages (driver/bm_fw.c, bm_api.c, bm_msgfifo.c); doctor/signatures.toml",
+          check_kernel_log),
     Check("disk.models", "Disk for the model", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "llmtpu: the bmodel's size is bounded by its NPU memory need", check_disk),
 )

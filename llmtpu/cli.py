@@ -26,7 +26,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from llmtpu import play_command
     from llmtpu.doctor import command as doctor_command
-    from llmtpu.doctor import models_command
+    from llmtpu.doctor import explain_command, models_command, support_report_command
     from llmtpu.provision import clock_command, sdcard_command
 
     parser = Parser(prog="llmtpu", description=__doc__)
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_command.add_parser(commands)
     play_command.add_parser(commands)
     models_command.add_parser(commands)
+    explain_command.add_parser(commands)
+    support_report_command.add_parser(commands)
     clock_command.add_parser(commands)
     sdcard_command.add_parser(commands)
     return parser
