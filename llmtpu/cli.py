@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     from llmtpu.doctor import command as doctor_command
     from llmtpu.doctor import explain_command, models_command, support_report_command
     from llmtpu.provision import clock_command, sdcard_command
+    from llmtpu.provision import command as provision_command
 
-    parser = Parser(prog="llmtpu", description=__doc__)
+    parser = Parser(prog="llmtpu", description="Take Sophgo BM1684X machines from fresh to running LLM-TPU "
+                    "models correctly: one machine or a fleet, online or offline.")
     parser.add_argument("--version", action="version", version=f"llmtpu {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     doctor_command.add_parser(commands)
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_command.add_parser(commands)
     explain_command.add_parser(commands)
     support_report_command.add_parser(commands)
+    provision_command.add_parser(commands)
     clock_command.add_parser(commands)
     sdcard_command.add_parser(commands)
     return parser

@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     def execute(dry_run: bool) -> list[Any]:
         state = PlayState.load(state_file)
-        return PlayRunner(book, target, state, options, operation_for, dry_run=dry_run).run()
+        def build(op_id: str, op_args: dict[str, Any]) -> Any:
+            return operation_for(op_id, target, op_args)
+
+        return PlayRunner(book, target, state, options, build, dry_run=dry_run).run()
 
     try:
         planned = execute(dry_run=True)

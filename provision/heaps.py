@@ -115,15 +115,22 @@ class ResizeHeaps(Operation):
             return []  # installed; the running kernel shows the new sizes only after a reboot
         return [f"heaps are {heaps.raw or heaps.problem} and no new boot image is installed"]
 
-    def undo(self, target: Target, entry: JournalRecord) -> Plan:
+    def plan_undo(self, target: Target, entry: JournalRecord) -> Plan:
         backup = entry.undo.get("backup")
         plan = Plan(self.id + ".undo", target.name)
         if not backup:
             plan.notes.append("the boot image replaced had no previous copy; nothing to restore")
             return plan
         plan.changes.append(Change(f"restore {BOOT_IMAGE} from {backup}"))
-        target.write_atomic(BOOT_IMAGE, target.read_bytes(backup, limit=1 << 30), mode=0o755, backup=False)
-        Journal(target).mark_undone(entry)
         plan.notes.append("reboot the board to boot the previous layout")
+        plan.reboot_required = True
+        return plan
+
+    def undo(self, target: Target, entry: JournalRecord) -> Plan:
+        plan = self.plan_undo(target, entry)
+        if plan.changes:
+            target.write_atomic(BOOT_IMAGE, target.read_bytes(entry.undo["backup"], limit=1 << 30),
+                                mode=0o755, backup=False)
+        Journal(target).mark_undone(entry)
         return plan
 

@@ -1,0 +1,184 @@
+"""`llmtpu fetch`, `llmtpu mirror`, `llmtpu debs`, `llmtpu undo`: argument parsing and wiring.
+
+The work is in fetch.py, mirror.py, debs.py and undo.py; this file only turns arguments into
+calls, errors into one line and exit codes, and progress into a rich bar (on stderr, so the
+placed paths on stdout stay clean for scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from llmtpu.cli import UsageError
+
+EXIT_FAILED = 1
+
+
+def add_parser(commands: Any) -> None:
+    fetch_parser = commands.add_parser(
+        "fetch", help="download Sophgo's debs or sdcard.tgz (dfss or a mirror), verified",
+        description="Download Sophgo's files with dfss, or from a mirror made by `llmtpu mirror create` "
+                    "(http(s)://, file://, sftp://) with resume and sha256 checks. Prints the placed paths.")
+    fetch_parser.add_argument("what", choices=["driver", "libsophon", "libsophon-dev", "debs", "sdcard"])
+    fetch_parser.add_argument("--version", help="deb release (default: sources.toml's default)")
+    fetch_parser.add_argument("--mirror", metavar="URL", help="mirror to use instead of Sophgo's dfss")
+    fetch_parser.add_argument("--dest", default=".", metavar="DIR", help="folder to place the files in (default .)")
+    fetch_parser.add_argument("--known-hosts", metavar="FILE",
+                              help="for sftp://: known_hosts file (default ~/.ssh/known_hosts)")
+    fetch_parser.set_defaults(run=run_fetch)
+
+    mirror_parser = commands.add_parser(
+        "mirror", help="make a folder servable as an offline mirror",
+        description="Write llmtpu-mirror.json (name, size, sha256 of every file) so any static web server, "
+                    "a file:// path or an SFTP server can act as a mirror for `llmtpu fetch --mirror`.")
+    mirror_actions = mirror_parser.add_subparsers(dest="mirror_action", metavar="ACTION", required=True)
+    create = mirror_actions.add_parser("create", help="hash the files in DIR and write its manifest")
+    create.add_argument("folder", metavar="DIR")
+    create.set_defaults(run=run_mirror_create)
+
+    debs_parser = commands.add_parser(
+        "debs", help="install the sophon debs with dpkg: plan, apply, verify",
+        description="Install sophon-driver, sophon-libsophon, sophon-libsophon-dev from a folder of .debs "
+                    "(see `llmtpu fetch debs`) with dpkg, on this machine or a sysroot (--root). "
+                    "`plan` only reads; `apply` shows the plan, asks, applies, verifies; `llmtpu undo` reverts.")
+    debs_parser.add_argument("action", choices=["plan", "apply"])
+    debs_parser.add_argument("--debs", required=True, metavar="DIR", help="folder holding the .deb files")
+    debs_parser.add_argument("--root", default="/", metavar="DIR", help="install into this sysroot instead of /")
+    debs_parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    debs_parser.add_argument("--yes", action="store_true", help="apply without asking")
+    debs_parser.set_defaults(run=run_debs)
+
+    undo_parser = commands.add_parser(
+        "undo", help="revert the newest change llmtpu recorded on the machine",
+        description="Read the newest record of the machine's journal (/var/lib/llmtpu/journal) and revert it.")
+    undo_parser.add_argument("--root", default="/", metavar="DIR", help="undo in this sysroot instead of /")
+    undo_parser.add_argument("--dry-run", action="store_true", help="print what would be undone only")
+    undo_parser.add_argument("--yes", action="store_true", help="undo without asking")
+    undo_parser.set_defaults(run=run_undo)
+
+
+class RichReporter:
+    """A rich progress bar per file on stderr (bytes, speed, time left)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self.task: Any = None
+
+    def begin(self, name: str, total: int | None, done: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(name, total=total, completed=done)
+
+    def advance(self, count: int) -> None:
+        self.progress.advance(self.task, count)
+
+    def end(self) -> None:
+        self.progress.stop()
+
+
+def _root(value: str) -> str:
+    if not os.path.isdir(value):
+        raise UsageError(f"--root: {value} is not a folder; give the folder that holds the machine's files")
+    return value
+
+
+def _fail(message: str) -> int:
+    print(f"llmtpu: error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from llmtpu.provision import fetch
+
+    try:
+        wanted = fetch.artifacts(args.what, args.version)
+        source: fetch.DfssSource | fetch.MirrorSource
+        if args.mirror:
+            transport = (fetch.SftpTransport(args.mirror, args.known_hosts) if args.mirror.startswith("sftp://")
+                         else None)
+            source = fetch.MirrorSource(args.mirror, transport)
+        else:
+            source = fetch.DfssSource()
+        placed = fetch.fetch(wanted, source, args.dest, RichReporter())
+    except fetch.FetchError as exc:
+        return _fail(str(exc))
+    for path in placed:
+        print(path)
+    return 0
+
+
+def run_mirror_create(args: argparse.Namespace) -> int:
+    from llmtpu.provision.mirror import MANIFEST_NAME, MirrorError, create_manifest
+
+    try:
+        files = create_manifest(args.folder)
+    except MirrorError as exc:
+        return _fail(str(exc))
+    total = sum(f.size for f in files)
+    print(f"{os.path.join(args.folder, MANIFEST_NAME)}: {len(files)} file(s), {total} bytes")
+    return 0
+
+
+def run_debs(args: argparse.Namespace) -> int:
+    from llmtpu.provision import debs
+    from llmtpu.provision.operation import Journal, OperationError, confirm
+    from llmtpu.target import LocalTarget
+
+    target = LocalTarget(_root(args.root))
+    try:
+        operation = debs.InstallDebs(debs.debs_in(args.debs))
+        plan = operation.plan(target)
+        print("\n".join(plan.lines()))
+        if args.action == "plan" or args.dry_run or plan.nothing_to_do:
+            return 0
+        if plan.needs_root and os.geteuid() != 0:
+            return _fail("installing debs on this machine needs root: run the same command with sudo")
+        if not confirm([plan], args.yes):
+            print("not applied")
+            return EXIT_FAILED
+        operation.apply(target, plan, Journal(target))
+        problems = operation.verify(target)
+    except OperationError as exc:
+        return _fail(str(exc))
+    for problem in problems:
+        print(f"verify: {problem}")
+    print("verified" if not problems else f"{len(problems)} problem(s) left")
+    return 0 if not problems else 2
+
+
+def run_undo(args: argparse.Namespace) -> int:
+    from llmtpu.provision import undo
+    from llmtpu.provision.operation import OperationError, confirm
+    from llmtpu.target import LocalTarget
+
+    target = LocalTarget(_root(args.root))
+    try:
+        entry = undo.newest(target)
+        plan = undo.plan_undo(target, entry)
+        print(f"undo {entry.operation} applied {entry.started} ({entry.path})")
+        print("\n".join(plan.lines()))
+        if args.dry_run:
+            return 0
+        if plan.needs_root and os.geteuid() != 0:
+            return _fail("undoing this needs root: run the same command with sudo")
+        if not confirm([plan], args.yes):
+            print("not undone")
+            return EXIT_FAILED
+        undo.undo(target, entry)
+    except OperationError as exc:
+        return _fail(str(exc))
+    print("undone")
+    return 0

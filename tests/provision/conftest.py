@@ -1,0 +1,69 @@
+"""Fixtures for the provisioning tests: test-built debs, tree fingerprints, a CLI with our commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+from tests.provision.debfactory import build_release
+
+#: llmtpu's own state (journal, kept debs, snapshots, dpkg log of its runs) is left by undo on
+#: purpose: it is the history. Everything else must come back byte for byte.
+STATE = "var/lib/llmtpu"
+
+
+@pytest.fixture
+def release(tmp_path: Path):
+    """Factory: release("0.5.1") -> a folder holding the three test-built debs of that release."""
+    require(shutil.which("dpkg-deb") is not None and shutil.which("dpkg") is not None, "dpkg is not installed")
+
+    def make(version: str) -> Path:
+        out = tmp_path / f"debs-{version}"
+        if not out.exists():
+            build_release(tmp_path / f"build-{version}", out, version)
+        return out
+
+    return make
+
+
+def fingerprint(root: Path) -> dict[str, tuple]:
+    """Every path under root: kind, permission bits, and content or link text."""
+    found: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == STATE or rel_dir.startswith(STATE + "/"):
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel == STATE:
+                continue
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                found[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                found[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                found[rel] = ("file", stat.S_IMODE(st.st_mode), Path(full).read_bytes())
+    return found
+
+
+def cli(argv: list[str]) -> int:
+    """`llmtpu` with the provisioning commands registered (the lead wires them into llmtpu/cli.py)."""
+    from llmtpu import cli as cli_module
+    from llmtpu.provision import command
+
+    parser = cli_module.Parser(prog="llmtpu")
+    commands = parser.add_subparsers(dest="command", parser_class=cli_module.Parser)
+    command.add_parser(commands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except cli_module.UsageError:
+        return cli_module.EXIT_USAGE
