@@ -93,6 +93,11 @@ DEFAULT_MODEL = "llama2-7b"  # the seed README's example
 class DoctorOptions:
     model: str = DEFAULT_MODEL
     models_dir: str = "/data"  # where LLM-TPU bmodels are kept; checked for free space
+    smoke: bool = False  # run a real inference (seconds on a chip, longer on the cmodel)
+    engine: str | None = None  # engine binary on the machine (default: llmtpu engine build's)
+    smoke_model: str | None = None  # bmodel on the machine; default: the tiny test model + its reference
+    lib_dir: str | None = None  # folder with libbmrt.so (default: /opt/sophon/libsophon-current/lib)
+    smoke_timeout: float = 120.0
 
 
 class Facts:
@@ -479,6 +484,38 @@ def check_disk(f: Facts) -> CheckResult:
     return result("disk.models", OK, f"{usage.free >> 20} MiB free at {probe} for {model.name}", e)
 
 
+def check_smoke(f: Facts) -> CheckResult:
+    """A real generation through bmruntime: the only check that sees "!!!" output or a hung chip."""
+    options = f.options
+    if not options.smoke:
+        return result("smoke.inference", SKIP, "not run: add --smoke to run a real inference")
+    from llmtpu.runtime import testmodel
+    from llmtpu.runtime.engine import default_binary, engine_argv
+    from llmtpu.runtime.smoke import smoke_test
+
+    binary = options.engine or str(default_binary())
+    expected = None
+    if options.smoke_model:
+        model, prompt, max_new = options.smoke_model, [1, 2, 3, 4], 8
+    else:
+        case = testmodel.reference_cases()[0]
+        model, prompt, max_new, expected = str(testmodel.bmodel_path()), case.prompt, len(case.tokens), case.tokens
+    argv = engine_argv(binary, model, options.lib_dir)
+    outcome = smoke_test(f.target, argv, prompt, max_new, options.smoke_timeout, expected)
+    e = [Evidence(" ".join(argv), outcome.message)]
+    if outcome.ok:
+        return result("smoke.inference", OK, outcome.message, e)
+    if outcome.problem in ("degenerate", "mismatch"):
+        return result("smoke.inference", FAIL, outcome.message, e, fix_downclock())
+    fixes = {
+        "timeout": Fix("reboot", outcome.fix, ("bm-smi   # look for a faulted chip", "sudo reboot")),
+        "no_runtime": fix_reflash_soc() if f.kind.value == SOC_BOARD else fix_install_debs(),
+        "not_built": Fix("engine.build", outcome.fix, ("llmtpu engine build",)),
+    }
+    return result("smoke.inference", FAIL, outcome.message, e,
+                  fixes.get(outcome.problem, Fix("none", outcome.fix)))
+
+
 CHECKS: tuple[Check, ...] = (
     Check("machine.kind", "Machine kind", ALL_KINDS,
           "device nodes (libsophon driver/bm_common.h), cpuinfo model name (sophon-tools get_info.sh)",
@@ -504,6 +541,9 @@ CHECKS: tuple[Check, ...] = (
     Check("kernel.log", "Kernel log errors", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "libsophon driver messages (driver/bm_fw.c, bm_api.c, bm_msgfifo.c); doctor/signatures.toml",
           check_kernel_log),
+    Check("smoke.inference", "Inference smoke test", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "LLM-TPU FAQ Q3 (all '!'), Q7 (hung chip); the tiny test model's PyTorch reference tokens",
+          check_smoke),
     Check("disk.models", "Disk for the model", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "llmtpu: the bmodel's size is bounded by its NPU memory need", check_disk),
 )

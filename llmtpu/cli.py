@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmtpu.doctor import explain_command, models_command, support_report_command
     from llmtpu.provision import clock_command, sdcard_command
     from llmtpu.provision import command as provision_command
+    from llmtpu.runtime import command as engine_command
 
     parser = Parser(prog="llmtpu", description="Take Sophgo BM1684X machines from fresh to running LLM-TPU "
                     "models correctly: one machine or a fleet, online or offline.")
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     provision_command.add_parser(commands)
     clock_command.add_parser(commands)
     sdcard_command.add_parser(commands)
+    engine_command.add_parser(commands)
     return parser
 
 
