@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmtpu import play_command
     from llmtpu.doctor import command as doctor_command
     from llmtpu.doctor import explain_command, models_command, support_report_command
-    from llmtpu.provision import clock_command, sdcard_command
+    from llmtpu.provision import bundle_command, clock_command, push_command, sdcard_command
     from llmtpu.provision import command as provision_command
     from llmtpu.runtime import command as engine_command
 
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     clock_command.add_parser(commands)
     sdcard_command.add_parser(commands)
     engine_command.add_parser(commands)
+    bundle_command.add_parser(commands)
+    push_command.add_parser(commands)
     return parser
 
 

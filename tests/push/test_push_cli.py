@@ -1,0 +1,65 @@
+"""The bundle, push and rollback commands end to end through argparse, as the lead will register them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmtpu.cli import EXIT_USAGE, Parser, UsageError
+from llmtpu.provision import bundle_command, push_command
+from tests.push.helpers import live, make_tree
+
+
+def cli(argv: list[str]) -> int:
+    parser = Parser(prog="llmtpu")
+    commands = parser.add_subparsers(dest="command", parser_class=Parser)
+    bundle_command.add_parser(commands)
+    push_command.add_parser(commands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except UsageError:
+        return EXIT_USAGE
+
+
+def test_bundle_push_rollback_commands(sshd_farm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = make_tree(tmp_path / "LLM-TPU", big=1 << 20)
+    out = tmp_path / "bundle"
+    assert cli(["bundle", "create", str(out), "--from", str(tree), "--arch", "soc", "--json"]) == 0
+    digest = json.loads(capsys.readouterr().out)["digest"]
+    assert cli(["bundle", "verify", str(out)]) == 0
+    board = sshd_farm.add("cli")
+    connection = ["--hosts", f"127.0.0.1:{board.port}", "--identity", str(sshd_farm.client_key),
+                  "--known-hosts", str(sshd_farm.known_hosts), "--ssh-config", "/dev/null",
+                  "--board-root", str(board.root), "--json"]
+    capsys.readouterr()
+    assert cli(["push", str(out), *connection]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "llmtpu.push/1" and doc["digest"] == digest and doc["boards"][0]["status"] == "deployed"
+    assert live(board).is_symlink()
+    assert cli(["rollback", *connection]) == 2  # nothing to go back to yet
+    assert "no previous deployment" in json.loads(capsys.readouterr().out)["boards"][0]["message"]
+
+
+def test_unknown_host_key_fails_that_board_only(sshd_farm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = make_tree(tmp_path / "LLM-TPU", big=1000)
+    out = tmp_path / "bundle"
+    assert cli(["bundle", "create", str(out), "--from", str(tree), "--json"]) == 0
+    good, stranger = sshd_farm.add("good"), sshd_farm.add("stranger", trusted=False)
+    capsys.readouterr()
+    code = cli(["push", str(out), "--hosts", f"127.0.0.1:{good.port},127.0.0.1:{stranger.port}",
+                "--identity", str(sshd_farm.client_key), "--known-hosts", str(sshd_farm.known_hosts),
+                "--ssh-config", "/dev/null", "--board-root", str(good.root), "--json"])
+    boards = json.loads(capsys.readouterr().out)["boards"]
+    assert code == 2
+    assert boards[0]["status"] == "deployed"
+    assert boards[1]["status"] == "failed" and "host key not trusted" in boards[1]["message"]
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    assert cli(["bundle", "create", str(tmp_path / "o"), "--from", str(tmp_path / "missing")]) == EXIT_USAGE
+    assert not (tmp_path / "o").exists()
+    assert cli(["push", str(tmp_path), "--hosts", "a:notaport"]) == EXIT_USAGE
+    assert cli(["push", str(tmp_path), "--hosts", "127.0.0.1"]) == EXIT_USAGE  # not a bundle
