@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtpu.cli import UsageError
+from llmtpu.hosts_command import add_fleet_arguments
+
+if TYPE_CHECKING:
+    from llmtpu.doctor.checks import DoctorOptions
 
 
 def add_parser(commands: Any) -> None:
@@ -26,6 +30,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     parser.add_argument("--list-models", action="store_true", help="list the known models and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show evidence for every check")
+    add_fleet_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -50,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--model: unknown model {model_name!r}; `llmtpu doctor --list-models` lists them")
     if not args.models_dir.startswith("/"):
         raise UsageError(f"--models-dir: {args.models_dir!r} must be an absolute path on the machine")
+    options = DoctorOptions(model=model_name, models_dir=args.models_dir)
+    if args.inventory or args.hosts:
+        if args.root != "/":
+            raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
+        return run_fleet(args, options)
+    if args.limit:
+        raise UsageError("--limit selects hosts of --inventory or --hosts; give one of them")
     if not os.path.exists(args.root):
         raise UsageError(f"--root: {args.root} does not exist; give the folder that holds the machine's files")
     if not os.path.isdir(args.root):
@@ -59,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.target import LocalTarget
 
     target = LocalTarget(args.root)
-    report = run_doctor(target, DoctorOptions(model=model_name, models_dir=args.models_dir), args.only)
+    report = run_doctor(target, options, args.only)
     if args.json:
         from llmtpu.doctor.render import render_json
 
@@ -69,3 +81,22 @@ def run(args: argparse.Namespace) -> int:
 
         render_human(report, sys.stdout, verbose=args.verbose)
     return report.exit_code
+
+
+def run_fleet(args: argparse.Namespace, options: DoctorOptions) -> int:
+    from rich.console import Console
+
+    from llmtpu.doctor.fleet_render import fleet_exit_code, render_fleet_human, render_fleet_json
+    from llmtpu.doctor.report import run_doctor
+    from llmtpu.fleet import live_progress, run_on_hosts
+    from llmtpu.hosts_command import hosts_from_args
+
+    specs, ssh_options = hosts_from_args(args)
+    with live_progress(len(specs), Console(stderr=True)) as (on_start, on_done):
+        results = run_on_hosts(specs, lambda target: run_doctor(target, options, args.only), ssh_options,
+                               parallel=args.parallel, on_start=on_start, on_done=on_done)
+    if args.json:
+        render_fleet_json(results, sys.stdout)
+    else:
+        render_fleet_human(results, sys.stdout, verbose=args.verbose)
+    return fleet_exit_code(results)

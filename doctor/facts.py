@@ -39,7 +39,8 @@ TOP_CLOCK = "/sys/kernel/debug/top/clock"
 #: Paths the facts below read; a remote target fetches them in one round trip.
 FACT_PATHS = (
     KERNEL_VERSION, KERNEL_RELEASE, BMSOPHON, CPUINFO, DEVICE_TREE_NAME, MEMINFO, DPKG_STATUS,
-    "/opt/sophon", LD_SO_CONF, PROFILE_SCRIPT, ION_HEAPS, CLK_DEBUGFS, TOP_CLOCK,
+    "/opt/sophon", LD_SO_CONF, PROFILE_SCRIPT, ION_HEAPS, TOP_CLOCK,
+    *(f"{CLK_DEBUGFS}/{name}/clk_rate" for name in ("tpll_clock", "mpll_clock", "vpll_clock")),
     "/.dockerenv", "/run/.containerenv", "/proc/1/cgroup", "/dev.list", "/_cmd",
 )
 

@@ -24,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmtpu import play_command
+    from llmtpu import hosts_command, play_command
     from llmtpu.doctor import command as doctor_command
     from llmtpu.doctor import explain_command, models_command, support_report_command
     from llmtpu.provision import bundle_command, clock_command, push_command, sdcard_command
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     doctor_command.add_parser(commands)
     play_command.add_parser(commands)
+    hosts_command.add_parser(commands)
     models_command.add_parser(commands)
     explain_command.add_parser(commands)
     support_report_command.add_parser(commands)

@@ -105,7 +105,12 @@ class SshdFarm:
         return board
 
     def start(self, board: Board, prefix: list[str] | None = None) -> None:
-        """Start the board's sshd (``prefix`` e.g. ``ip netns exec NS``) and wait until it listens."""
+        """Start the board's sshd (``prefix`` e.g. ``ip netns exec NS``) and wait until it listens.
+
+        Only log text written by this start counts: a restarted board's log still holds the
+        previous run's "Server listening" line.
+        """
+        offset = board.log.stat().st_size if board.log.exists() else 0
         log = board.log.open("ab")
         board.process = subprocess.Popen([*(prefix or []), SSHD, "-D", "-e", "-f", str(board.config)],
                                          stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -113,7 +118,7 @@ class SshdFarm:
         while time.monotonic() < deadline:
             if board.process.poll() is not None:
                 raise RuntimeError(f"sshd for {board.name} exited: {board.log.read_text()[-2000:]}")
-            if "Server listening on" in board.log.read_text(errors="replace"):
+            if "Server listening on" in board.log.read_bytes()[offset:].decode(errors="replace"):
                 return
             time.sleep(0.02)
         raise RuntimeError(f"sshd for {board.name} did not start: {board.log.read_text()[-2000:]}")
@@ -130,7 +135,8 @@ class SshdFarm:
         board.process = None
 
     def pause(self, board: Board) -> None:
-        """Freeze sshd: TCP connects still succeed (kernel backlog) but no banner ever comes."""
+        """Freeze the listening sshd: TCP connects still succeed (kernel backlog) but no banner
+        ever comes. Sessions already logged in keep running (they are other processes)."""
         assert board.process is not None
         board.process.send_signal(signal.SIGSTOP)
 
