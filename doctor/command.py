@@ -30,6 +30,21 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     parser.add_argument("--list-models", action="store_true", help="list the known models and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show evidence for every check")
+    smoke = parser.add_argument_group("inference smoke test")
+    smoke.add_argument("--smoke", action="store_true", help="run a real inference through the engine (smoke.inference)")
+    smoke.add_argument("--engine", metavar="PATH", help="engine binary on the machine (default: llmtpu engine build's)")
+    smoke.add_argument("--lib-dir", metavar="DIR",
+                       help="folder with libbmrt.so (default /opt/sophon/libsophon-current/lib)")
+    smoke.add_argument("--smoke-model", metavar="BMODEL", help="bmodel to run (default: the tiny test model, "
+                                                                "checked against its reference tokens)")
+    smoke.add_argument("--smoke-timeout", type=float, default=120.0, metavar="S",
+                       help="seconds before the engine counts as hung (default 120)")
+    fix = parser.add_argument_group("fixing")
+    fix.add_argument("--fix", action="store_true", help="plan the fixes for failing checks, ask, apply, re-check")
+    fix.add_argument("--yes", action="store_true", help="with --fix: apply without asking")
+    fix.add_argument("--debs", metavar="DIR", help="with --fix: install the sophon debs from this folder")
+    fix.add_argument("--mirror", metavar="URL", help="with --fix: fetch the debs from this mirror instead of dfss")
+    fix.add_argument("--deb-version", metavar="V", help="with --fix: sophon deb release to install (default 0.5.1)")
     add_fleet_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -55,10 +70,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--model: unknown model {model_name!r}; `llmtpu doctor --list-models` lists them")
     if not args.models_dir.startswith("/"):
         raise UsageError(f"--models-dir: {args.models_dir!r} must be an absolute path on the machine")
-    options = DoctorOptions(model=model_name, models_dir=args.models_dir)
+    options = DoctorOptions(model=model_name, models_dir=args.models_dir, smoke=args.smoke, engine=args.engine,
+                            smoke_model=args.smoke_model, lib_dir=args.lib_dir, smoke_timeout=args.smoke_timeout)
     if args.inventory or args.hosts:
         if args.root != "/":
             raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
+        if args.fix:
+            raise UsageError("--fix works on one machine; for many, run a playbook: "
+                             "`llmtpu play fresh-pcie-host --inventory FILE --yes`")
         return run_fleet(args, options)
     if args.limit:
         raise UsageError("--limit selects hosts of --inventory or --hosts; give one of them")
@@ -71,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.target import LocalTarget
 
     target = LocalTarget(args.root)
+    if args.fix:
+        return run_fix(args, target, options)
     report = run_doctor(target, options, args.only)
     if args.json:
         from llmtpu.doctor.render import render_json
@@ -81,6 +102,22 @@ def run(args: argparse.Namespace) -> int:
 
         render_human(report, sys.stdout, verbose=args.verbose)
     return report.exit_code
+
+
+def run_fix(args: argparse.Namespace, target: Any, options: DoctorOptions) -> int:
+    """`--fix`: provision/fixes.py plans every fix, asks once, applies, re-runs the checks."""
+    from llmtpu.provision.fixes import FixSources, doctor_fix
+    from llmtpu.provision.operation import ConfirmationRefused, OperationError
+
+    sources = FixSources(debs_dir=args.debs, mirror=args.mirror, version=args.deb_version)
+    try:
+        return doctor_fix(target, options, assume_yes=args.yes, out=sys.stdout, sources=sources, only=args.only,
+                          argv=sys.argv[1:])
+    except ConfirmationRefused as exc:
+        raise UsageError(str(exc)) from exc
+    except OperationError as exc:
+        print(f"llmtpu: fix failed: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_fleet(args: argparse.Namespace, options: DoctorOptions) -> int:

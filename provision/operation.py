@@ -26,6 +26,10 @@ class OperationError(Exception):
     """An operation could not be planned or applied; the message is one actionable line."""
 
 
+class ConfirmationRefused(OperationError):
+    """No terminal to ask on and no --yes: a usage problem, not a failed operation."""
+
+
 @dataclass(frozen=True)
 class Change:
     """One thing an operation will change, said before it is done."""
@@ -153,7 +157,7 @@ def ask_to_apply(assume_yes: bool, stdin: TextIO | None = None, out: TextIO | No
     if assume_yes:
         return True
     if stdin is None or not stdin.isatty():
-        raise OperationError("refusing to change the machine without confirmation: no terminal to ask on; "
+        raise ConfirmationRefused("refusing to change the machine without confirmation: no terminal to ask on; "
                              "review the plan with --dry-run and pass --yes")
     out.write("Apply these changes? [y/N] ")
     out.flush()

@@ -92,3 +92,28 @@ def test_root_needed_and_sudo_would_ask_for_a_password(tmp_path: Path, monkeypat
     assert fixes.needs_sudo(plans, euid=1000) and not fixes.needs_sudo(plans, euid=0)
     with pytest.raises(OperationError, match="sudo would ask for a password"):
         fixes.rerun_with_sudo(["doctor", "--fix"])
+
+
+def test_cli_doctor_fix_yes_then_undo_is_byte_for_byte(sysroot, release) -> None:
+    """The provisioning issue's done-when, through the real `llmtpu` command in a subprocess."""
+    import json
+    import sys
+
+    root = sysroot("pcie-host-old-driver")
+    before = fingerprint(root)
+
+    def llmtpu(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmtpu", *args], capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    refused = llmtpu("doctor", "--root", str(root), "--fix", "--debs", str(release("0.5.1")))
+    assert refused.returncode == 64 and "pass --yes" in refused.stderr
+    assert fingerprint(root) == before
+    fixed = llmtpu("doctor", "--root", str(root), "--fix", "--yes", "--debs", str(release("0.5.1")))
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    report = json.loads(llmtpu("doctor", "--root", str(root), "--json").stdout)
+    status = {c["id"]: c["status"] for c in report["checks"]}
+    assert status["driver.date"] == status["libsophon.install"] == status["libsophon.packages"] == "ok"
+    undone = llmtpu("undo", "--root", str(root), "--yes")
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert fingerprint(root) == before
