@@ -39,7 +39,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmtpu.doctor.checks import DEFAULT_MODEL, DoctorOptions, check_ids
     from llmtpu.playbook import PlaybookError, PlayRunner, PlayState, builtin_names, parse_playbook, read_playbook_text
-    from llmtpu.provision.operation import OperationError, ask_to_apply
+    from llmtpu.provision.operation import ConfirmationRefused, OperationError, ask_to_apply
     from llmtpu.provision.registry import operation_for, operation_ids
     from llmtpu.target import LocalTarget
 
@@ -81,8 +81,11 @@ def run(args: argparse.Namespace) -> int:
             print("nothing applied", file=sys.stderr)
             return 1
         outcomes = execute(dry_run=False)
-    except (PlaybookError, OperationError) as exc:
+    except (PlaybookError, ConfirmationRefused) as exc:
         raise UsageError(str(exc)) from exc
+    except OperationError as exc:
+        print(f"llmtpu: play failed: {exc}", file=sys.stderr)
+        return 2
     render(book.name, target.name, outcomes, "run")
     if any(o.status == "failed" for o in outcomes):
         return 2

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,11 @@ else:  # pragma: no cover - Python 3.10 only
 
 #: Step kinds and the arguments each takes (required, optional).
 STEP_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    # run doctor checks; `require` = worst acceptable verdict (ok/warn) or the step fails
-    "doctor": (frozenset(), frozenset({"checks", "require"})),
+    # run doctor checks; `require` = worst acceptable verdict (ok/warn) or the step fails;
+    # `smoke = true` includes the real inference (smoke.inference)
+    "doctor": (frozenset(), frozenset({"checks", "require", "smoke"})),
+    # step the TPU clock down until the smoke test is correct; `persist` keeps it across reboots
+    "clock-search": (frozenset(), frozenset({"tpll_mhz", "persist"})),
     # apply the fix operation each named failing check points to
     "fix": (frozenset({"checks"}), frozenset()),
     # apply one operation by id with arguments
@@ -296,6 +299,8 @@ class PlayRunner:
     def _run_step(self, step: Step) -> StepOutcome:
         if step.run == "doctor":
             return self._doctor(step, step.args.get("checks", []), step.args.get("require"))
+        if step.run == "clock-search":
+            return self._clock_search(step)
         if step.run == "say":
             lines = tuple(str(step.args["text"]).strip().splitlines())
             return StepOutcome(step.id, "stopped" if step.args.get("stop") else "done", lines)
@@ -309,13 +314,50 @@ class PlayRunner:
     def _doctor(self, step: Step, checks: list[str], require: str | None) -> StepOutcome:
         from llmtpu.doctor.report import run_doctor
 
-        report = run_doctor(self.target, self.options, checks)
+        options = replace(self.options, smoke=True) if step.args.get("smoke") else self.options
+        report = run_doctor(self.target, options, checks)
         self.state.results.update({r.id: r.status for r in report.results})
         lines = tuple(f"{r.id}: {r.status}: {r.summary}" for r in report.results if r.status != "skip")
         if require is not None and (report.verdict == "fail" or (require == "ok" and report.verdict == "warn")):
             raise StepFailed(f"doctor verdict {report.verdict}, this step requires {require}: " + "; ".join(
                 f"{r.id} {r.status}" for r in report.results if r.status in ("warn", "fail")))
         return StepOutcome(step.id, "done", lines)
+
+    def _clock_search(self, step: Step) -> StepOutcome:
+        from llmtpu.doctor.report import run_doctor
+        from llmtpu.provision.clock import ClockPersist, read_rates
+        from llmtpu.provision.clock_search import DEFAULT_TPLL_MHZ, search_tpll
+        from llmtpu.provision.operation import Journal, OperationError
+
+        candidates = [int(m) for m in step.args.get("tpll_mhz", DEFAULT_TPLL_MHZ)]
+        if self.dry_run:
+            return StepOutcome(step.id, "planned", (
+                "step tpll down through " + ", ".join(f"{m} MHz" for m in sorted(candidates, reverse=True)) +
+                ", running the smoke test at each rate; keep the first rate with correct tokens" +
+                (" and persist it" if step.args.get("persist") else ""),))
+        smoke_options = replace(self.options, smoke=True)
+
+        def smoke() -> tuple[bool, str, str]:
+            res = run_doctor(self.target, smoke_options, ["smoke.inference"]).results[0]
+            self.state.results[res.id] = res.status
+            return res.status == "ok", res.summary, res.fix.id if res.fix else ""
+
+        try:
+            found = search_tpll(self.target, smoke, candidates)
+        except OperationError as exc:
+            raise StepFailed(str(exc)) from exc
+        if found.chosen_hz is None:
+            raise StepFailed("; ".join(found.lines()))
+        lines = found.lines()
+        if step.args.get("persist"):
+            persist = ClockPersist(read_rates(self.target))
+            plan = persist.plan(self.target)
+            lines.extend(plan.lines())
+            persist.apply(self.target, plan, Journal(self.target))
+            problems = persist.verify(self.target)
+            if problems:
+                raise StepFailed(f"clock.persist: {'; '.join(problems)}")
+        return StepOutcome(step.id, "done", tuple(lines))
 
     def _fix(self, step: Step) -> StepOutcome:
         from llmtpu.doctor.report import run_doctor
