@@ -42,21 +42,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """Run `llmtpu ...` in-process, with `hosts` registered: returns (exit code, stdout, stderr)."""
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `llmtpu ...` in-process: returns (exit code, stdout, stderr)."""
     import llmtpu.cli as cli_module
-    from llmtpu import hosts_command
-
-    build = cli_module.build_parser
-
-    def build_with_hosts():
-        parser = build()
-        commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-        if "hosts" not in commands.choices:
-            hosts_command.add_parser(commands)
-        return parser
-
-    monkeypatch.setattr(cli_module, "build_parser", build_with_hosts)
 
     def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
