@@ -76,14 +76,14 @@ def hosts_from_args(args: argparse.Namespace) -> tuple[list[Any], Any]:
     for flag, value in (("--connect-timeout", args.connect_timeout), ("--timeout", args.timeout)):
         if not value > 0:
             raise UsageError(f"{flag}: {value:g} must be more than 0 seconds")
-    specs = _specs(args, args.hosts, args.limit)
+    specs = resolve_specs(args, args.hosts, args.limit)
     password, passphrase = SSHOptions.secrets_from(os.environ, ask_pass=args.ask_pass)
     options = SSHOptions(store=HostKeyStore(), accept_new=args.accept_new, connect_timeout=args.connect_timeout,
                          command_timeout=args.timeout, password=password, passphrase=passphrase)
     return specs, options
 
 
-def _specs(args: argparse.Namespace, hosts: str | None, limit: str | None) -> list[Any]:
+def resolve_specs(args: argparse.Namespace, hosts: str | None, limit: str | None) -> list[Any]:
     from llmtpu.inventory import InventoryError, load_inventory, load_ssh_config, resolve_hosts
 
     try:
@@ -103,7 +103,7 @@ def run_list(args: argparse.Namespace) -> int:
     from llmtpu.hostkeys import HostKeyStore, host_key_name
     from llmtpu.inventory import describe
 
-    specs = _specs(args, args.hosts, args.limit)
+    specs = resolve_specs(args, args.hosts, args.limit)
     store = HostKeyStore()
     rows = describe(specs)
     for row, spec in zip(rows, specs, strict=True):
@@ -132,7 +132,7 @@ def run_trust(args: argparse.Namespace) -> int:
         raise UsageError(f"--connect-timeout: {args.connect_timeout:g} must be more than 0 seconds")
     if args.fingerprint and not args.fingerprint.startswith("SHA256:"):
         raise UsageError(f"--fingerprint: {args.fingerprint!r} is not a SHA256:... fingerprint (ssh-keygen -lf)")
-    specs = _specs(args, ",".join(args.names), None)
+    specs = resolve_specs(args, ",".join(args.names), None)
     store = HostKeyStore()
     worst = EXIT_OK
     for spec in specs:

@@ -36,6 +36,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--model", default=None, help="model to size memory and disk for")
     parser.add_argument("--state-dir", default=None, metavar="DIR", help="where progress is kept")
     parser.add_argument("--restart", action="store_true", help="forget earlier progress and start over")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="variables",
+                        help="fill {NAME} in the playbook's steps (e.g. --set bundle=./airbox-bundle)")
     smoke = parser.add_argument_group("inference smoke test (steps with smoke = true, clock-search)")
     smoke.add_argument("--engine", metavar="PATH", help="engine binary on the machine")
     smoke.add_argument("--lib-dir", metavar="DIR", help="folder with libbmrt.so on the machine")
@@ -54,7 +56,7 @@ class HostPlay:
 
 
 def play_on(book: Any, target: Any, options: Any, state_dir: Path, dry_run: bool, restart: bool,
-            confirm: Any = None) -> HostPlay:
+            confirm: Any = None, variables: dict[str, str] | None = None) -> HostPlay:
     """Plan the playbook on one machine, then (unless dry run, and once confirmed) run it."""
     from llmtpu.playbook import PlayRunner, PlayState
     from llmtpu.provision.registry import operation_for
@@ -68,7 +70,8 @@ def play_on(book: Any, target: Any, options: Any, state_dir: Path, dry_run: bool
         return operation_for(op_id, target, op_args)
 
     def execute(dry: bool) -> list[Any]:
-        return PlayRunner(book, target, PlayState.load(state_file), options, build, dry_run=dry).run()
+        return PlayRunner(book, target, PlayState.load(state_file), options, build, dry_run=dry,
+                          variables=variables).run()
 
     planned = execute(True)
     if dry_run:
@@ -100,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     options = DoctorOptions(model=args.model or DEFAULT_MODEL, engine=args.engine, lib_dir=args.lib_dir,
                             smoke_model=args.smoke_model, smoke_timeout=args.smoke_timeout)
+    variables = {}
+    for item in args.variables:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--set {item!r}: give NAME=VALUE")
+        variables[name] = value
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     if args.inventory or args.hosts:
         if args.root != "/":
@@ -107,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         if not (args.dry_run or args.yes):
             raise UsageError("a playbook on many hosts runs without questions: review it with --dry-run, "
                              "then pass --yes")
-        return run_many(args, book, options, state_dir)
+        return run_many(args, book, options, state_dir, variables)
     if not os.path.isdir(args.root):
         raise UsageError(f"--root: {args.root} is not a folder; give the folder that holds the machine's files")
     target = LocalTarget(args.root)
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         return ask_to_apply(args.yes)
 
     try:
-        played = play_on(book, target, options, state_dir, args.dry_run, args.restart, confirm)
+        played = play_on(book, target, options, state_dir, args.dry_run, args.restart, confirm, variables)
     except (PlaybookError, ConfirmationRefused) as exc:
         raise UsageError(str(exc)) from exc
     except OperationError as exc:
@@ -125,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if played.outcomes is None:
         render(book.name, target.name, played.planned, "plan")
-        return 0
+        return 2 if any(o.status == "failed" for o in played.planned) else 0
     if not played.outcomes:
         print("nothing applied", file=sys.stderr)
         return 1
@@ -141,7 +150,7 @@ def exit_code(outcomes: list[Any]) -> int:
     return 0
 
 
-def run_many(args: argparse.Namespace, book: Any, options: Any, state_dir: Path) -> int:
+def run_many(args: argparse.Namespace, book: Any, options: Any, state_dir: Path, variables: dict[str, str]) -> int:
     """Every host at once (bounded pool): plans printed per host, then a per-host summary."""
     from rich.console import Console
 
@@ -151,7 +160,8 @@ def run_many(args: argparse.Namespace, book: Any, options: Any, state_dir: Path)
     specs, ssh_options = hosts_from_args(args)
     with live_progress(len(specs), Console(stderr=True), "playing") as (on_start, on_done):
         results = run_on_hosts(
-            specs, lambda target: play_on(book, target, options, state_dir, args.dry_run, args.restart),
+            specs, lambda target: play_on(book, target, options, state_dir, args.dry_run, args.restart,
+                                          variables=variables),
             ssh_options, parallel=args.parallel, on_start=on_start, on_done=on_done)
     worst = 0
     rows = []
@@ -163,7 +173,8 @@ def run_many(args: argparse.Namespace, book: Any, options: Any, state_dir: Path)
             continue
         outcomes = res.value.planned if res.value.outcomes is None else res.value.outcomes
         render(book.name, name, outcomes, "plan" if res.value.outcomes is None else "run")
-        code = 0 if res.value.outcomes is None else exit_code(outcomes)
+        failed_plan = any(o.status == "failed" for o in outcomes)
+        code = (2 if failed_plan else 0) if res.value.outcomes is None else exit_code(outcomes)
         worst = max(worst, code)
         last = next((o for o in reversed(outcomes) if o.status not in ("done earlier", "skipped")), None)
         verdict = {0: "complete" if res.value.outcomes is not None else "planned", 1: "stopped", 2: "failed"}[code]

@@ -31,6 +31,8 @@ STEP_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "doctor": (frozenset(), frozenset({"checks", "require", "smoke"})),
     # step the TPU clock down until the smoke test is correct; `persist` keeps it across reboots
     "clock-search": (frozenset(), frozenset({"tpll_mhz", "persist"})),
+    # push an offline bundle to this host over SSH (llmtpu push), verified and switched atomically
+    "push": (frozenset({"bundle"}), frozenset({"dest", "checksum"})),
     # apply the fix operation each named failing check points to
     "fix": (frozenset({"checks"}), frozenset()),
     # apply one operation by id with arguments
@@ -40,6 +42,8 @@ STEP_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 COMMON_KEYS = frozenset({"id", "run", "when", "after", "title"})
 STATUSES = ("ok", "warn", "fail", "skip")
+#: ``{name}`` in a string argument is replaced by ``llmtpu play --set name=VALUE``.
+_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _WHEN = re.compile(r"^(?P<check>[a-z][\w.]*)\s+is\s+(?P<neg>not\s+)?(?P<statuses>\w+(?:\s*\|\s*\w+)*)$")
 
 
@@ -253,13 +257,24 @@ class PlayRunner:
     """
 
     def __init__(self, playbook: Playbook, target: Any, state: PlayState, options: Any,
-                 operation_for: Any, dry_run: bool = False) -> None:
+                 operation_for: Any, dry_run: bool = False, variables: dict[str, str] | None = None) -> None:
         self.playbook = playbook
         self.target = target
         self.state = state
         self.options = options
         self.operation_for = operation_for
         self.dry_run = dry_run
+        self.variables = dict(variables or {})
+
+    def value(self, step: Step, key: str) -> Any:
+        """A step argument with its ``{name}`` variables filled in; a missing one fails the step."""
+        raw = step.args[key]
+        if not isinstance(raw, str):
+            return raw
+        missing = [name for name in _VARIABLE.findall(raw) if name not in self.variables]
+        if missing:
+            raise StepFailed(f"step {step.id!r} needs {', '.join(f'--set {m}=...' for m in missing)}")
+        return _VARIABLE.sub(lambda m: self.variables[m.group(1)], raw)
 
     def run(self) -> list[StepOutcome]:
         outcomes: list[StepOutcome] = []
@@ -301,6 +316,8 @@ class PlayRunner:
             return self._doctor(step, step.args.get("checks", []), step.args.get("require"))
         if step.run == "clock-search":
             return self._clock_search(step)
+        if step.run == "push":
+            return self._push(step)
         if step.run == "say":
             lines = tuple(str(step.args["text"]).strip().splitlines())
             return StepOutcome(step.id, "stopped" if step.args.get("stop") else "done", lines)
@@ -316,9 +333,15 @@ class PlayRunner:
 
         options = replace(self.options, smoke=True) if step.args.get("smoke") else self.options
         report = run_doctor(self.target, options, checks)
+        if self.playbook.kinds and report.machine_kind not in self.playbook.kinds:
+            raise StepFailed(f"this is a {report.machine_kind}; {self.playbook.name} is for "
+                             f"{', '.join(self.playbook.kinds)}")
         self.state.results.update({r.id: r.status for r in report.results})
         lines = tuple(f"{r.id}: {r.status}: {r.summary}" for r in report.results if r.status != "skip")
         if require is not None and (report.verdict == "fail" or (require == "ok" and report.verdict == "warn")):
+            if self.dry_run:  # the changes planned before it are not made in a dry run
+                return StepOutcome(step.id, "planned", (*lines, f"then requires a doctor verdict of {require} "
+                                                        f"(now {report.verdict})"))
             raise StepFailed(f"doctor verdict {report.verdict}, this step requires {require}: " + "; ".join(
                 f"{r.id} {r.status}" for r in report.results if r.status in ("warn", "fail")))
         return StepOutcome(step.id, "done", lines)
@@ -358,6 +381,28 @@ class PlayRunner:
             if problems:
                 raise StepFailed(f"clock.persist: {'; '.join(problems)}")
         return StepOutcome(step.id, "done", tuple(lines))
+
+    def _push(self, step: Step) -> StepOutcome:
+        from pathlib import Path
+
+        from llmtpu.provision.bundle import BundleError
+        from llmtpu.provision.push import DEFAULT_DEST, BoardPush, board_for_target, verified_manifest
+
+        bundle = Path(self.value(step, "bundle"))
+        dest = str(self.value(step, "dest")) if "dest" in step.args else DEFAULT_DEST
+        try:
+            board = board_for_target(self.target)
+            manifest = verified_manifest(bundle)
+        except (ValueError, BundleError) as exc:
+            raise StepFailed(str(exc)) from exc
+        if self.dry_run:
+            return StepOutcome(step.id, "planned", (
+                f"push {bundle} ({len(manifest.files)} files, digest {manifest.digest[:12]}) to {board.name}:{dest}; "
+                "only what differs is sent, verified on the board, then switched atomically",))
+        result = BoardPush(board, bundle, manifest, dest, checksum=bool(step.args.get("checksum"))).run()
+        if result.status not in ("deployed", "unchanged"):
+            raise StepFailed(f"push to {board.name}: {result.message}")
+        return StepOutcome(step.id, "done", (f"{result.status}: {result.message}",))
 
     def _fix(self, step: Step) -> StepOutcome:
         from llmtpu.doctor.report import run_doctor

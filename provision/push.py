@@ -627,6 +627,25 @@ class BoardPush:
         self.result.status, self.result.release = "deployed", release
 
 
+def board_for_target(target: object) -> Board:
+    """The push Board for a host the fleet reached: same address, login, key and known_hosts files.
+
+    Push speaks OpenSSH, not paramiko, so it needs the host's connection details; a local
+    machine or sysroot has none (push needs a board reached over SSH)."""
+    from llmtpu.ssh import SSHTarget
+
+    if not isinstance(target, SSHTarget):
+        raise ValueError(f"{getattr(target, 'name', target)}: push needs a board reached over SSH "
+                         "(--inventory or --hosts)")
+    spec, options = target.spec, target.options
+    if spec.jump:
+        raise ValueError(f"{spec.name}: push does not go through ProxyJump hosts yet; push from the jump host")
+    identities = (*spec.identity_files, *options.identity_files)
+    known = " ".join(str(p) for p in options.store.files if p.exists()) or None
+    return Board(spec.hostname, spec.port, spec.login, identities[0] if identities else None, known,
+                 "/dev/null", "" if spec.root == "/" else spec.root.rstrip("/"))
+
+
 def verified_manifest(bundle: Path) -> Manifest:
     """The bundle's manifest, after every file is checked against it; refuses a tampered bundle."""
     checked = verify_bundle(bundle)

@@ -17,7 +17,10 @@ SCHEMA = "llmtpu.push/1"
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     from llmtpu.provision.push import DEFAULT_DEST
 
-    parser.add_argument("--hosts", required=True, metavar="HOST[:PORT],...", help="boards to work on")
+    parser.add_argument("--hosts", metavar="HOST[:PORT],...", help="boards to work on")
+    parser.add_argument("--inventory", "-i", metavar="FILE",
+                        help="Ansible-style inventory (INI or YAML): hosts, ansible_port/user, key file, root=")
+    parser.add_argument("--limit", "-l", metavar="PATTERN", help="only inventory hosts matching this pattern")
     parser.add_argument("--user", help="SSH login on the boards (default: ssh's own default)")
     parser.add_argument("--identity", metavar="KEY", help="private key file for SSH")
     parser.add_argument("--known-hosts", metavar="FILE",
@@ -63,10 +66,34 @@ def boards_from(args: argparse.Namespace) -> list[Any]:
             raise UsageError(f"{option} {value}: no such file")
     template = Board("", user=args.user, identity=args.identity, known_hosts=args.known_hosts,
                      ssh_config=args.ssh_config, root=args.board_root)
+    if args.inventory:
+        return boards_from_inventory(args, template)
+    if args.limit:
+        raise UsageError("--limit selects hosts of --inventory; give one")
+    if not args.hosts:
+        raise UsageError("name the boards: --hosts HOST[:PORT],... or --inventory FILE")
     try:
         return parse_hosts(args.hosts, template)
     except ValueError as exc:
         raise UsageError(f"--hosts: {exc}; give HOST[:PORT],HOST[:PORT],...") from exc
+
+
+def boards_from_inventory(args: argparse.Namespace, template: Any) -> list[Any]:
+    """The fleet's host specs as push boards (OpenSSH checks keys against the same files)."""
+    from dataclasses import replace
+
+    from llmtpu.hostkeys import HostKeyStore
+    from llmtpu.hosts_command import resolve_specs
+
+    known = args.known_hosts or " ".join(str(p) for p in HostKeyStore().files if p.exists()) or None
+    boards = []
+    for spec in resolve_specs(args, args.hosts, args.limit):
+        if spec.jump:
+            raise UsageError(f"{spec.name}: push does not go through ProxyJump hosts yet; push from the jump host")
+        boards.append(replace(template, host=spec.hostname, port=spec.port, user=spec.user or template.user,
+                              identity=spec.identity_files[0] if spec.identity_files else template.identity,
+                              known_hosts=known, root=spec.root.rstrip("/") or template.root))
+    return boards
 
 
 class RichProgress:

@@ -53,3 +53,39 @@ def test_fresh_soc_board_over_ssh_ends_in_a_passing_doctor(sshd_farm, home: Path
     for host in document["hosts"]:
         statuses = {c["id"]: c["status"] for c in host["report"]["checks"]}
         assert "fail" not in statuses.values(), (host["name"], statuses)
+
+
+def test_offline_push_playbook_deploys_the_bundle_on_every_board(sshd_farm, home: Path, tmp_path: Path, sysroot,
+                                                                cli, monkeypatch) -> None:
+    from tests.push.helpers import make_tree
+
+    monkeypatch.setenv("COLUMNS", "250")
+    (home / ".ssh" / "known_hosts").symlink_to(sshd_farm.known_hosts)
+    tree = make_tree(tmp_path / "LLM-TPU", big=1 << 16)
+    bundle = tmp_path / "bundle"
+    assert cli("bundle", "create", str(bundle), "--from", str(tree), "--json")[0] == 0
+    roots = {"pcie-1": sysroot("pcie-host-ok"), "soc-1": sysroot("soc-board-ok")}
+    boards = {name: sshd_farm.add(name) for name in roots}
+    inventory = tmp_path / "boards.ini"
+    inventory.write_text("[boards]\n" + "".join(
+        f"{name} ansible_host=127.0.0.1 ansible_port={b.port} ansible_user={b.user} root={roots[name]} "
+        f"ansible_ssh_private_key_file={sshd_farm.client_key}\n" for name, b in boards.items()))
+    play = ["play", "offline-push", "--inventory", str(inventory), "--state-dir", str(tmp_path / "state"),
+            "--timeout", "120"]
+    code, out, _ = cli(*play, "--dry-run")
+    assert code == 2 and "needs --set bundle=..." in out  # the variable is required
+    code, out, _ = cli(*play, "--dry-run", "--set", f"bundle={bundle}")
+    assert code == 0 and "only what differs is sent" in out
+    code, out, _ = cli(*play, "--yes", "--set", f"bundle={bundle}")
+    assert code == 0, out
+    for root in roots.values():
+        assert (root / "data/llmtpu/current").is_symlink()
+
+    empty = sysroot(None)
+    board = sshd_farm.add("not-a-board")
+    other = tmp_path / "other.ini"
+    other.write_text(f"x ansible_host=127.0.0.1 ansible_port={board.port} ansible_user={board.user} root={empty} "
+                     f"ansible_ssh_private_key_file={sshd_farm.client_key}\n")
+    code, out, _ = cli("play", "offline-push", "--inventory", str(other), "--state-dir", str(tmp_path / "s2"),
+                       "--yes", "--set", f"bundle={bundle}")
+    assert code == 2 and "this is a none; offline-push is for soc-board, pcie-host" in out

@@ -7,21 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.cli import EXIT_USAGE, Parser, UsageError
-from llmtpu.provision import bundle_command, push_command
+from llmtpu.cli import EXIT_USAGE, main
 from tests.push.helpers import live, make_tree
 
 
 def cli(argv: list[str]) -> int:
-    parser = Parser(prog="llmtpu")
-    commands = parser.add_subparsers(dest="command", parser_class=Parser)
-    bundle_command.add_parser(commands)
-    push_command.add_parser(commands)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args))
-    except UsageError:
-        return EXIT_USAGE
+    return main(argv)
 
 
 def test_bundle_push_rollback_commands(sshd_farm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,7 +49,27 @@ def test_unknown_host_key_fails_that_board_only(sshd_farm, tmp_path: Path, capsy
     assert boards[1]["status"] == "failed" and "host key not trusted" in boards[1]["message"]
 
 
+def test_push_to_the_boards_of_an_inventory(sshd_farm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fleet's inventory (ports, users, key files, per-host root=) drives push too."""
+    tree = make_tree(tmp_path / "LLM-TPU", big=1 << 16)
+    out = tmp_path / "bundle"
+    assert cli(["bundle", "create", str(out), "--from", str(tree), "--json"]) == 0
+    boards = [sshd_farm.add(f"inv{i}") for i in range(3)]
+    inventory = tmp_path / "boards.ini"
+    inventory.write_text("[soc]\n" + "".join(
+        f"{b.name} ansible_host=127.0.0.1 ansible_port={b.port} ansible_user={b.user} root={b.root} "
+        f"ansible_ssh_private_key_file={sshd_farm.client_key}\n" for b in boards))
+    capsys.readouterr()
+    code = cli(["push", str(out), "--inventory", str(inventory), "--limit", "soc:!inv2",
+                "--known-hosts", str(sshd_farm.known_hosts), "--ssh-config", "/dev/null", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and [b["status"] for b in doc["boards"]] == ["deployed", "deployed"]
+    assert live(boards[0]).is_symlink() and live(boards[1]).is_symlink() and not live(boards[2]).exists()
+
+
 def test_usage_errors(tmp_path: Path) -> None:
+    assert cli(["push", str(tmp_path)]) == EXIT_USAGE  # no boards named
+    assert cli(["push", str(tmp_path), "--hosts", "a", "--limit", "x"]) == EXIT_USAGE
     assert cli(["bundle", "create", str(tmp_path / "o"), "--from", str(tmp_path / "missing")]) == EXIT_USAGE
     assert not (tmp_path / "o").exists()
     assert cli(["push", str(tmp_path), "--hosts", "a:notaport"]) == EXIT_USAGE
