@@ -20,7 +20,7 @@ from llmtpu.doctor.report import run_doctor
 from llmtpu.fleet import DONE, HostResult
 from llmtpu.inventory import HostSpec
 from llmtpu.target import LocalTarget
-from tests.fleet.conftest import SAMPLES, rekey
+from tests.fleet.conftest import SAMPLES, comparable, rekey
 from tests.sshd import keygen
 
 CONNECT_TIMEOUT = 2.0
@@ -39,12 +39,6 @@ BOARDS = [
 EXPECTED_STATUS = {"down": "unreachable", "changed key": "host-key-changed", "frozen": "timed-out",
                    "login fails": "auth-failed", None: "checked"}
 
-
-def comparable(report_json: dict) -> dict:
-    for check in report_json["checks"]:
-        if check["id"] == "disk.models":
-            check["summary"] = check["evidence"] = None
-    return report_json
 
 
 @pytest.fixture

@@ -12,18 +12,11 @@ from llmtpu.doctor.checks import DoctorOptions
 from llmtpu.doctor.report import run_doctor
 from llmtpu.ssh import SSHTarget
 from llmtpu.target import LocalTarget
-from tests.fleet.conftest import SAMPLES, options_for, spec_for
+from tests.fleet.conftest import SAMPLES, comparable, options_for, spec_for
 from tests.test_doctor_cases import CASES, apply_edit
 
 SAMPLE_NAMES = sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())
 
-
-def comparable(report_json: dict) -> dict:
-    """A report with the free-space numbers blanked: the disk fills and empties between two runs."""
-    for check in report_json["checks"]:
-        if check["id"] == "disk.models":
-            check["summary"] = check["evidence"] = None
-    return report_json
 
 
 @pytest.fixture
