@@ -36,7 +36,17 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--model", default=None, help="model the doctor sizes memory and disk for")
     parser.add_argument("--models-dir", default="/data", metavar="DIR",
                         help="folder on the machine where bmodels are kept (default /data)")
+    from llmtpu.hosts_command import add_fleet_arguments
+
+    add_fleet_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def host_output(out: str, host: str) -> str:
+    """FILE.tar.gz -> FILE-<host>.tar.gz: one archive per host, named so they sort together."""
+    suffix = next(s for s in ARCHIVE_SUFFIXES if out.endswith(s))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host)
+    return f"{out[:-len(suffix)]}-{safe}{suffix}"
 
 
 def _output(path: str, force: bool) -> str:
@@ -87,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.doctor.support_report import ArchiveExists, collect_report, write_archive
     from llmtpu.target import LocalTarget
 
+    options = DoctorOptions(model=model, models_dir=args.models_dir)
+    if args.inventory or args.hosts:
+        if args.root != "/":
+            raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
+        return run_hosts(args, out, options, engine_log)
     target = LocalTarget(args.root)
     llm_tpu = args.llm_tpu
     if llm_tpu is not None:
@@ -96,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             llm_tpu = os.path.abspath(llm_tpu)
         if not target.exists(llm_tpu):
             raise UsageError(f"--llm-tpu: {llm_tpu} does not exist on the machine; give the LLM-TPU checkout folder")
-    report = collect_report(target, DoctorOptions(model=model, models_dir=args.models_dir), engine_log, llm_tpu)
+    report = collect_report(target, options, engine_log, llm_tpu)
     try:
         size = write_archive(report, out, force=args.force)
     except ArchiveExists as exc:
@@ -106,3 +121,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({size} bytes): doctor {report.verdict}, {report.known_errors} known error line(s); "
           f"{', '.join(sorted(report.members))} under {report.folder}/")
     return 0
+
+
+def run_hosts(args: argparse.Namespace, out: str, options: Any, engine_log: EngineLog | None) -> int:
+    """One archive per host, collected over SSH in parallel; a host that cannot be reached is named."""
+    from llmtpu.doctor.support_report import collect_report, write_archive
+    from llmtpu.fleet import run_on_hosts
+    from llmtpu.hosts_command import hosts_from_args
+
+    if args.llm_tpu is not None:
+        raise UsageError("--llm-tpu reads one machine's checkout; with --hosts or --inventory leave it out")
+    specs, ssh_options = hosts_from_args(args)
+    for spec in specs:
+        _output(host_output(out, spec.name), args.force)
+    results = run_on_hosts(specs, lambda target: collect_report(target, options, engine_log, None), ssh_options,
+                           parallel=args.parallel)
+    code = 0
+    for result in results:
+        path = host_output(out, result.spec.name)
+        if result.value is None:
+            print(f"{result.spec.name}: not collected: {result.error or result.status}")
+            code = 3
+            continue
+        size = write_archive(result.value, path, force=args.force)
+        print(f"wrote {path} ({size} bytes): doctor {result.value.verdict}, "
+              f"{result.value.known_errors} known error line(s)")
+    return code

@@ -89,3 +89,25 @@ def test_offline_push_playbook_deploys_the_bundle_on_every_board(sshd_farm, home
     code, out, _ = cli("play", "offline-push", "--inventory", str(other), "--state-dir", str(tmp_path / "s2"),
                        "--yes", "--set", f"bundle={bundle}")
     assert code == 2 and "this is a none; offline-push is for soc-board, pcie-host" in out
+
+
+def test_report_over_ssh_writes_one_archive_per_host(sshd_farm, home: Path, tmp_path: Path, sysroot, cli) -> None:
+    import tarfile
+
+    (home / ".ssh" / "known_hosts").symlink_to(sshd_farm.known_hosts)
+    roots = {"pcie-1": sysroot("pcie-host-old-driver"), "soc-1": sysroot("soc-board-old-kernel")}
+    boards = {name: sshd_farm.add(name) for name in roots}
+    dead = sshd_farm.add("dead")
+    sshd_farm.stop(dead)
+    inventory = tmp_path / "boards.ini"
+    inventory.write_text("".join(
+        f"{name} ansible_host=127.0.0.1 ansible_port={b.port} ansible_user={b.user} root={roots.get(name, '/')} "
+        f"ansible_ssh_private_key_file={sshd_farm.client_key}\n" for name, b in [*boards.items(), ("dead", dead)]))
+    code, out, _ = cli("report", "--inventory", str(inventory), "-o", str(tmp_path / "fleet.tar.gz"),
+                       "--connect-timeout", "3")
+    assert code == 3 and "dead: not collected" in out
+    for name in roots:
+        with tarfile.open(tmp_path / f"fleet-{name}.tar.gz") as archive:
+            summary = next(m for m in archive.getmembers() if m.name.endswith("summary.md"))
+            text = archive.extractfile(summary).read().decode()  # type: ignore[union-attr]
+        assert ("20230914" in text) if name == "pcie-1" else ("Nov 18" in text), text
