@@ -436,6 +436,14 @@ class SSHTarget(Target):
             raise SSHError(ERROR, f"{self.name}: the SSH connection is closed")
         return transport
 
+    def open_channel(self, command: str, timeout: float | None = None) -> paramiko.Channel:
+        """A session channel running ``command`` (built with shlex by the caller), for protocols
+        that stream both ways over one connection (the engine's line protocol)."""
+        self.round_trips += 1
+        channel = self._transport.open_session(timeout=timeout or self.options.connect_timeout)
+        channel.exec_command(command)
+        return channel
+
     def _sftp_client(self) -> paramiko.SFTPClient:
         if self._sftp is None:
             self.connect()
