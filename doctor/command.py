@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from llmtpu.cli import UsageError
+from llmtpu.cli import UsageError, local_root, refuse_root_with_hosts
 from llmtpu.hosts_command import add_fleet_arguments
 
 if TYPE_CHECKING:
@@ -73,18 +72,14 @@ def run(args: argparse.Namespace) -> int:
     options = DoctorOptions(model=model_name, models_dir=args.models_dir, smoke=args.smoke, engine=args.engine,
                             smoke_model=args.smoke_model, lib_dir=args.lib_dir, smoke_timeout=args.smoke_timeout)
     if args.inventory or args.hosts:
-        if args.root != "/":
-            raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
+        refuse_root_with_hosts(args.root)
         if args.fix:
             raise UsageError("--fix works on one machine; for many, run a playbook: "
                              "`llmtpu play fresh-pcie-host --inventory FILE --yes`")
         return run_fleet(args, options)
     if args.limit:
         raise UsageError("--limit selects hosts of --inventory or --hosts; give one of them")
-    if not os.path.exists(args.root):
-        raise UsageError(f"--root: {args.root} does not exist; give the folder that holds the machine's files")
-    if not os.path.isdir(args.root):
-        raise UsageError(f"--root: {args.root} is not a folder; give the folder that holds the machine's files")
+    local_root(args.root)
 
     from llmtpu.doctor.report import run_doctor
     from llmtpu.target import LocalTarget

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.cli import local_root
 
 
 def add_parser(commands: Any) -> None:
@@ -40,9 +39,7 @@ def device_memory_mib(root: str) -> tuple[int | None, str]:
 def run(args: argparse.Namespace) -> int:
     from llmtpu.doctor.checks import load_models
 
-    if not os.path.isdir(args.root):
-        raise UsageError(f"--root: {args.root} is not a folder; give the folder that holds the machine's files")
-    available, where = device_memory_mib(args.root)
+    available, where = device_memory_mib(local_root(args.root))
     rows: list[dict[str, Any]] = []
     for model in load_models().values():
         fits = None if available is None else available >= model.npu_mib

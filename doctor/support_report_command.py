@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from llmtpu.cli import UsageError
+from llmtpu.cli import UsageError, local_root, refuse_root_with_hosts
 
 if TYPE_CHECKING:
     from llmtpu.doctor.support_report import EngineLog
@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.doctor.checks import DEFAULT_MODEL, DoctorOptions, load_models
 
     out = _output(args.output, args.force)
-    if not os.path.isdir(args.root):
-        raise UsageError(f"--root: {args.root} is not a folder; give the folder that holds the machine's files")
+    local_root(args.root)
     model = args.model or DEFAULT_MODEL
     if model not in load_models():
         raise UsageError(f"--model: unknown model {model!r}; `llmtpu doctor --list-models` lists them")
@@ -99,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = DoctorOptions(model=model, models_dir=args.models_dir)
     if args.inventory or args.hosts:
-        if args.root != "/":
-            raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
+        refuse_root_with_hosts(args.root)
         return run_hosts(args, out, options, engine_log)
     target = LocalTarget(args.root)
     llm_tpu = args.llm_tpu

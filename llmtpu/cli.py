@@ -18,6 +18,21 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 64."""
 
 
+def local_root(root: str) -> str:
+    """A --root that is an existing folder, or one usage line naming it."""
+    if not os.path.exists(root):
+        raise UsageError(f"--root: {root} does not exist; give the folder that holds the machine's files")
+    if not os.path.isdir(root):
+        raise UsageError(f"--root: {root} is not a folder; give the folder that holds the machine's files")
+    return root
+
+
+def refuse_root_with_hosts(root: str) -> None:
+    """--root is a local sysroot; remote machines get theirs per host from the inventory."""
+    if root != "/":
+        raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"llmtpu: error: {message} (see `{self.prog} --help`)\n")

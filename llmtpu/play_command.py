@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.cli import UsageError, local_root, refuse_root_with_hosts
 
 STATUS_STYLE = {"done": "green", "done earlier": "dim", "skipped": "dim", "planned": "cyan",
                 "stopped": "yellow", "failed": "bold red"}
@@ -111,15 +111,12 @@ def run(args: argparse.Namespace) -> int:
         variables[name] = value
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     if args.inventory or args.hosts:
-        if args.root != "/":
-            raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
+        refuse_root_with_hosts(args.root)
         if not (args.dry_run or args.yes):
             raise UsageError("a playbook on many hosts runs without questions: review it with --dry-run, "
                              "then pass --yes")
         return run_many(args, book, options, state_dir, variables)
-    if not os.path.isdir(args.root):
-        raise UsageError(f"--root: {args.root} is not a folder; give the folder that holds the machine's files")
-    target = LocalTarget(args.root)
+    target = LocalTarget(local_root(args.root))
 
     def confirm(planned: list[Any]) -> bool:
         render(book.name, target.name, planned, "plan")

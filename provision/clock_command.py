@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.cli import UsageError, local_root
 
 EXIT_FAILED = 1
 EXIT_NOT_IN_EFFECT = 2
@@ -47,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.provision.operation import OperationError
     from llmtpu.target import LocalTarget
 
-    if not os.path.isdir(args.root):
-        raise UsageError(f"--root: {args.root} is not a folder; give the folder that holds the machine's files")
+    local_root(args.root)
     if args.json and args.action != "show":
         raise UsageError("--json: only `llmtpu clock show` prints JSON")
     if _rates(args) and args.action not in ("apply", "persist"):

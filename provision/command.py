@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.cli import local_root
 
 EXIT_FAILED = 1
 
@@ -89,12 +89,6 @@ class RichReporter:
         self.progress.stop()
 
 
-def _root(value: str) -> str:
-    if not os.path.isdir(value):
-        raise UsageError(f"--root: {value} is not a folder; give the folder that holds the machine's files")
-    return value
-
-
 def _fail(message: str) -> int:
     print(f"llmtpu: error: {message}", file=sys.stderr)
     return EXIT_FAILED
@@ -137,7 +131,7 @@ def run_debs(args: argparse.Namespace) -> int:
     from llmtpu.provision.operation import Journal, OperationError, confirm
     from llmtpu.target import LocalTarget
 
-    target = LocalTarget(_root(args.root))
+    target = LocalTarget(local_root(args.root))
     try:
         operation = debs.InstallDebs(debs.debs_in(args.debs))
         plan = operation.plan(target)
@@ -164,7 +158,7 @@ def run_undo(args: argparse.Namespace) -> int:
     from llmtpu.provision.operation import OperationError, confirm
     from llmtpu.target import LocalTarget
 
-    target = LocalTarget(_root(args.root))
+    target = LocalTarget(local_root(args.root))
     try:
         entry = undo.newest(target)
         plan = undo.plan_undo(target, entry)
