@@ -779,6 +779,38 @@ class SSHTarget(Target):
 
         return self._install(normalize(path), lambda sftp, tmp: sftp.putfo(io.BytesIO(data), tmp), mode, backup)
 
+    def append(self, path: str, data: bytes) -> None:
+        def write(sftp: paramiko.SFTPClient, host: str) -> None:
+            with sftp.open(host, "a") as handle:  # SFTP APPEND: the server does one write()
+                handle.write(data)
+
+        try:
+            self._sftp_call(normalize(path), write)
+        finally:
+            self._forget()
+
+    def remove(self, path: str) -> None:
+        try:
+            self._sftp_call(normalize(path), lambda sftp, host: sftp.remove(host))
+        except FileNotFoundError:
+            pass
+        finally:
+            self._forget()
+
+    def symlink(self, link_text: str, path: str) -> None:
+        self.remove(path)
+        try:
+            self._sftp_call(normalize(path), lambda sftp, host: sftp.symlink(link_text, host))
+        finally:
+            self._forget()
+
+    def makedirs(self, path: str) -> None:
+        args = ["mkdir", "-p", "--", self.host_path(normalize(path))]
+        status, _, err, timed_out = self._exec(shlex.join(args), None, self._timeout)
+        self._forget()
+        if status != 0 or timed_out:
+            raise TargetError(f"{self.name}: cannot create {path}: {err.decode(errors='replace').strip()}")
+
     def put(self, local: str | Path, path: str, mode: int | None = None, backup: bool = True) -> str | None:
         """Copy a local file to a machine path (temp + rename); returns the backup made, if any."""
         local = Path(local)

@@ -165,6 +165,23 @@ class Target(ABC):
         """Write via temp file + rename. Returns the machine path of the backup made, if any."""
 
     @abstractmethod
+    def append(self, path: str, data: bytes) -> None:
+        """Add ``data`` at the end of a file in one write() (a debugfs command file parses one
+        command per write). The file must exist."""
+
+    @abstractmethod
+    def remove(self, path: str) -> None:
+        """Remove a file or symlink; one that is already gone is fine."""
+
+    @abstractmethod
+    def symlink(self, link_text: str, path: str) -> None:
+        """Make ``path`` a symlink whose text is ``link_text``, replacing what is there."""
+
+    @abstractmethod
+    def makedirs(self, path: str) -> None:
+        """Create a folder and its parents; an existing one is fine."""
+
+    @abstractmethod
     def access_raw(self, path: str, want_write: bool) -> bool:
         """Whether this user may open the path for reading (and writing when asked)."""
 
@@ -347,6 +364,32 @@ class LocalTarget(Target):
 
     def readlink_raw(self, path: str) -> str:
         return os.readlink(self.host_path(path))
+
+    def append(self, path: str, data: bytes) -> None:
+        fd = os.open(self.host_path(path), os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        if written != len(data):
+            raise TargetError(f"{path}: short write ({written} of {len(data)} bytes)")
+
+    def remove(self, path: str) -> None:
+        try:
+            os.unlink(self.host_path(path))
+        except FileNotFoundError:
+            pass
+
+    def symlink(self, link_text: str, path: str) -> None:
+        host = self.host_path(path)
+        tmp = f"{host}.llmtpu-link"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(link_text, tmp)
+        os.replace(tmp, host)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(self.host_path(path), exist_ok=True)
 
     def access_raw(self, path: str, want_write: bool) -> bool:
         flags = os.R_OK | (os.W_OK if want_write else 0)

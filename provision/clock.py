@@ -4,7 +4,7 @@ LLM-TPU's fix for all-``!`` output is three ``echo "setr <clk> <rate>" > /sys/ke
 lines (README Q3). Three facts shape this module (sophgo.md §2.3):
 
 * the driver copies ``count - 1`` bytes of each write, so every ``setr`` line needs its trailing
-  newline, and each write carries exactly one command (one ``tee`` per line);
+  newline, and each write carries exactly one command (one ``Target.append`` per line);
 * ``top/clock`` only lists what was written since boot, so the rates are read back from the
   common-clock debugfs ``clk/<name>/clk_rate`` (the doctor's ``soc_clocks`` fact);
 * debugfs writes are lost at reboot; a systemd oneshot re-applies them (see ``unit_text``).
@@ -56,16 +56,14 @@ def check_rates(rates: Mapping[str, int]) -> dict[str, int]:
 
 
 def write_rates(target: Target, rates: Mapping[str, int]) -> None:
-    """One ``tee -a`` per line: the driver parses one command per write() call."""
+    """One write() per line: the driver parses one command per write() call."""
     for name, rate in rates.items():
         try:
-            result = target.run(["tee", "-a", target.host_path(TOP_CLOCK)], input=setr_line(name, rate))
-        except TargetError as exc:
-            raise OperationError(f"cannot write {TOP_CLOCK}: {exc}") from exc
-        if not result.ok:
-            detail = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
+            target.append(TOP_CLOCK, setr_line(name, rate))
+        except (OSError, TargetError) as exc:
+            detail = getattr(exc, "strerror", None) or str(exc)
             raise OperationError(f"writing setr {name} {rate} to {TOP_CLOCK} failed: {detail} "
-                                 "(run as root with debugfs mounted)")
+                                 "(run as root with debugfs mounted)") from exc
 
 
 def differing(now: Mapping[str, int], wanted: Mapping[str, int]) -> dict[str, int]:
@@ -203,8 +201,8 @@ class ClockPersist(Operation):
             _run(target, ["systemctl", "daemon-reload"])
             _run(target, ["systemctl", "enable", UNIT_NAME])
         elif not had_link:
-            _run(target, ["mkdir", "-p", target.host_path(WANTS_LINK.rsplit("/", 1)[0])])
-            _run(target, ["ln", "-sfn", UNIT_PATH, target.host_path(WANTS_LINK)])
+            target.makedirs(WANTS_LINK.rsplit("/", 1)[0])
+            target.symlink(UNIT_PATH, WANTS_LINK)
 
     def verify(self, target: Target) -> list[str]:
         problems = []
@@ -233,11 +231,11 @@ class ClockPersist(Operation):
                 if live:
                     _run(target, ["systemctl", "disable", UNIT_NAME])
                 else:
-                    _run(target, ["rm", "-f", "--", target.host_path(WANTS_LINK)])
+                    target.remove(WANTS_LINK)
             elif change.what.startswith("restore"):
                 target.write_atomic(UNIT_PATH, target.read_bytes(entry.undo["backup"]), backup=False)
             else:
-                _run(target, ["rm", "-f", "--", target.host_path(UNIT_PATH)])
+                target.remove(UNIT_PATH)
         if live and plan.changes:
             _run(target, ["systemctl", "daemon-reload"])
         Journal(target).mark_undone(entry)

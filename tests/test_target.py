@@ -131,3 +131,20 @@ def test_recorded_command_output_only_in_a_sysroot(sysroot) -> None:
     target = LocalTarget(str(sysroot("soc-board-ok")))
     assert "SophonSDK version: v23.09 LTS-SP3" in (target.recorded_output("bm_version") or "")
     assert LocalTarget("/").recorded_output("bm_version") is None
+
+
+def test_append_remove_symlink_makedirs(tmp_path: Path) -> None:
+    target = LocalTarget(str(tmp_path))
+    (tmp_path / "clock").write_bytes(b"head\n")
+    target.append("/clock", b"setr tpll_clock 750000000\n")
+    assert (tmp_path / "clock").read_bytes() == b"head\nsetr tpll_clock 750000000\n"
+    target.makedirs("/etc/a/b")
+    target.makedirs("/etc/a/b")
+    target.symlink("/x", "/etc/a/b/link")
+    target.symlink("/y", "/etc/a/b/link")  # replaced, not an error
+    assert target.readlink("/etc/a/b/link") == "/y"
+    target.remove("/etc/a/b/link")
+    target.remove("/etc/a/b/link")
+    assert target.lstat("/etc/a/b/link") is None
+    with pytest.raises(FileNotFoundError):
+        target.append("/missing", b"x")

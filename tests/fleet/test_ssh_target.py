@@ -129,3 +129,19 @@ def test_atomic_write_with_backup_put_and_get(sshd_farm, board, sysroot, tmp_pat
         assert (root / "opt/payload.bin").read_bytes() == local.read_bytes()
         fetched = target.get("/opt/payload.bin", tmp_path / "back.bin")
         assert fetched.read_bytes() == local.read_bytes()
+
+
+def test_append_remove_symlink_makedirs_over_ssh(sshd_farm, board, sysroot, tmp_path: Path) -> None:
+    """The small writes operations need (a debugfs command line, a systemd wants/ link), over SFTP."""
+    root = sysroot("soc-board-ok")
+    with SSHTarget(spec_for(board, root), options_for(sshd_farm, tmp_path / "own")) as target:
+        target.append("/sys/kernel/debug/top/clock", b"setr tpll_clock 750000000\n")
+        target.makedirs("/etc/systemd/system/multi-user.target.wants")
+        target.symlink("/etc/systemd/system/x.service", "/etc/systemd/system/multi-user.target.wants/x.service")
+        target.symlink("/etc/systemd/system/y.service", "/etc/systemd/system/multi-user.target.wants/x.service")
+        assert target.readlink("/etc/systemd/system/multi-user.target.wants/x.service") == \
+            "/etc/systemd/system/y.service"
+        target.remove("/etc/systemd/system/multi-user.target.wants/x.service")
+        target.remove("/etc/systemd/system/multi-user.target.wants/x.service")  # already gone: fine
+        assert target.lstat("/etc/systemd/system/multi-user.target.wants/x.service") is None
+    assert (root / "sys/kernel/debug/top/clock").read_bytes().endswith(b"------\nsetr tpll_clock 750000000\n")

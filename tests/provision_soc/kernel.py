@@ -48,11 +48,16 @@ class FakeClockDriver:
 
 
 class BoardWithDriver(LocalTarget):
-    """A sysroot whose debugfs clock file is served by the FakeClockDriver."""
+    """A sysroot whose debugfs clock file is served by the FakeClockDriver: after every append
+    (one write()) or command (the unit's own echo lines), the driver takes what was written."""
 
     def __init__(self, root: str, driver: FakeClockDriver) -> None:
         super().__init__(root)
         self.driver = driver
+
+    def append(self, path: str, data: bytes) -> None:
+        super().append(path, data)
+        self.driver.take_writes()
 
     def run(self, argv: Sequence[str], timeout: float = 30.0, input: bytes | None = None,
             env: Mapping[str, str] | None = None, **kwargs: Any) -> CommandResult:
