@@ -148,6 +148,17 @@ class Facts:
         return facts.meminfo(self.target)
 
     @cached_property
+    def kernel_log(self) -> Observed[str]:
+        from llmtpu.doctor.kernel_log import read_kernel_log
+
+        return read_kernel_log(self.target)
+
+    @cached_property
+    def chips(self) -> list[tuple[facts.Card, facts.Chip]]:
+        """Every (card, chip) pair /proc/bmsophon lists (PCIe); empty when it lists none."""
+        return [(card, chip) for card in (self.cards.value or []) for chip in card.chips]
+
+    @cached_property
     def model(self) -> Model | None:
         return load_models().get(self.options.model)
 
@@ -401,8 +412,7 @@ def check_clocks(f: Facts) -> CheckResult:
                           "clock.persist", "keep the reduced rates across reboots, or undo them",
                           tuple(f'echo "setr {k} {v}" | sudo tee /sys/kernel/debug/top/clock'
                                 for k, v in rates.items())))
-    cards = f.cards.value or []
-    chips = [(card, chip) for card in cards for chip in card.chips]
+    chips = f.chips
     if not chips:
         return result("tpu.clocks", SKIP, "no chips listed under /proc/bmsophon", [ev(f.cards)])
     e = [Evidence(f"{facts.BMSOPHON}/{card.name}/{chip.name}/tpu_freq", f"{chip.tpu_freq_mhz} MHz")
@@ -424,8 +434,7 @@ def check_heaps(f: Facts) -> CheckResult:
         return result("memory.heaps", WARN, f"unknown model {f.options.model!r}: see `llmtpu doctor --list-models`")
     need = f"{model.name} needs {model.npu_mib} MiB{' (estimate)' if model.estimate else ''}"
     if f.kind.value in PCIE_KINDS:
-        chips = [(card, chip) for card in (f.cards.value or []) for chip in card.chips]
-        sized = [(card, chip) for card, chip in chips if chip.heap_bytes]
+        sized = [(card, chip) for card, chip in f.chips if chip.heap_bytes]
         if not sized:
             return result("memory.heaps", SKIP, "no chip lists its heaps under /proc/bmsophon", [ev(f.cards)])
         e = [Evidence(f"{facts.BMSOPHON}/{card.name}/{chip.name}/heap", f"heap0 {chip.heap_bytes[0] >> 20} MiB")

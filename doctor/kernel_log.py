@@ -80,7 +80,7 @@ def check_kernel_log(f: Facts) -> CheckResult:
     # checks.py imports this module to register the check, so its names are imported here.
     from llmtpu.doctor.checks import FAIL, OK, SKIP, WARN, Evidence, ev, result
 
-    observed = read_kernel_log(f.target)
+    observed = f.kernel_log
     if observed.value is None:
         if observed.problem == "missing":
             return result(CHECK_ID, SKIP, f"kernel log not recorded in this sysroot ({RECORDED})", [ev(observed)])

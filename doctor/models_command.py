@@ -30,7 +30,7 @@ def device_memory_mib(root: str) -> tuple[int | None, str]:
     if kind == SOC_BOARD and f.heaps.value:
         return f.heaps.value["npu"] >> 20, "NPU ion heap"
     if kind in (PCIE_HOST, PCIE_DOCKER):
-        heaps = [chip.heap_bytes[0] for card in (f.cards.value or []) for chip in card.chips if chip.heap_bytes]
+        heaps = [chip.heap_bytes[0] for _, chip in f.chips if chip.heap_bytes]
         if heaps:
             return min(heaps) >> 20, "card heap0"
     return None, f"no device memory readable ({kind})"

@@ -30,7 +30,6 @@ EXIT_OK = 0
 EXIT_WARN = 1
 EXIT_FAIL = 2
 EXIT_UNREACHABLE = 3
-EXIT_USAGE = 64
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,11 @@ def check_json(res: CheckResult) -> dict[str, Any]:
     }
 
 
-def run_doctor(target: Target, options: DoctorOptions, only: Sequence[str] = ()) -> Report:
+def run_doctor(target: Target, options: DoctorOptions, only: Sequence[str] = (),
+               shared: Facts | None = None) -> Report:
+    """Run the checks; pass ``shared`` to keep using the facts read (the support report does)."""
     target.prefetch(facts.FACT_PATHS)
-    shared = Facts(target, options)
+    shared = shared or Facts(target, options)
     selected = [c for c in CHECKS if not only or c.id in only]
     results = tuple(run_check(c, shared) for c in selected)
     return Report(target.name, target.root, shared.kind.value or facts.NO_DEVICE, results)

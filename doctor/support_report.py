@@ -29,9 +29,9 @@ from typing import Any
 
 from llmtpu import __version__
 from llmtpu.doctor import facts
-from llmtpu.doctor.checks import DoctorOptions
+from llmtpu.doctor.checks import DoctorOptions, Facts
 from llmtpu.doctor.explain import Match, Matcher, match_json, redact_lines
-from llmtpu.doctor.kernel_log import read_kernel_log, scan_kernel_log
+from llmtpu.doctor.kernel_log import scan_kernel_log
 from llmtpu.doctor.report import Report, run_doctor
 from llmtpu.target import Target, TargetError
 
@@ -218,11 +218,12 @@ def _numbered(lines: list[tuple[int, str]]) -> str:
 def collect_report(target: Target, options: DoctorOptions, engine_log: EngineLog | None = None,
                    llm_tpu_dir: str | None = None) -> SupportReport:
     """Run the doctor and gather the allow-listed facts. Reads only; changes nothing."""
-    doctor = run_doctor(target, options)
+    shared = Facts(target, options)
+    doctor = run_doctor(target, options, shared=shared)
     matcher = Matcher()
     members: dict[str, bytes] = {"doctor.json": _json(doctor.to_json())}
 
-    kernel = read_kernel_log(target)
+    kernel = shared.kernel_log  # the one dmesg the kernel.log check ran
     kernel_matches: list[Match] = []
     if kernel.value is not None:
         scan = scan_kernel_log(kernel.value, matcher)

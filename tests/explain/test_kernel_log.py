@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from llmtpu.doctor.checks import FAIL, OK, PCIE_KINDS, SKIP, SOC_BOARD, WARN, Check, DoctorOptions, Facts, run_check
@@ -101,3 +102,29 @@ def test_real_dmesg_of_this_machine_is_read_or_explained():
         assert res.summary.startswith("no known error in ")
     if res.status == WARN:
         assert res.summary.startswith("kernel log not read: ")
+
+
+class CountingTarget(LocalTarget):
+    """Counts how often the kernel log is read (a sysroot's stand-in for running dmesg)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.dmesg_reads = 0
+
+    def recorded_output(self, name: str) -> str | None:
+        self.dmesg_reads += name == "dmesg"
+        return super().recorded_output(name)
+
+
+def test_support_report_reads_the_kernel_log_once(sysroot):
+    """The kernel.log check and the report's kernel-log.txt share one read (one dmesg on a board)."""
+    from llmtpu.doctor.support_report import collect_report
+
+    root = sysroot("pcie-host-ok")
+    record(root, "[    3.2] bmdrv: firmware load failed!\n")
+    target = CountingTarget(str(root))
+    report = collect_report(target, DoctorOptions())
+    doctor = json.loads(report.members["doctor.json"])
+    assert next(c for c in doctor["checks"] if c["id"] == "kernel.log")["status"] == "fail"
+    assert "firmware load failed" in report.members["kernel-log.txt"].decode()
+    assert target.dmesg_reads == 1
