@@ -48,8 +48,20 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def doctor_options(model: str | None, models_dir: str, **extra: Any) -> DoctorOptions:
+    """DoctorOptions from --model and --models-dir, checked (one usage line naming the input)."""
+    from llmtpu.doctor.checks import DEFAULT_MODEL, DoctorOptions, load_models
+
+    name = model or DEFAULT_MODEL
+    if name not in load_models():
+        raise UsageError(f"--model: unknown model {name!r}; `llmtpu doctor --list-models` lists them")
+    if not models_dir.startswith("/"):
+        raise UsageError(f"--models-dir: {models_dir!r} must be an absolute path on the machine")
+    return DoctorOptions(model=name, models_dir=models_dir, **extra)
+
+
 def run(args: argparse.Namespace) -> int:
-    from llmtpu.doctor.checks import CHECKS, DEFAULT_MODEL, DoctorOptions, load_models
+    from llmtpu.doctor.checks import CHECKS, load_models
 
     if args.list_checks:
         for check in CHECKS:
@@ -64,13 +76,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [i for i in args.only if i not in known]
     if unknown:
         raise UsageError(f"--only: unknown check {', '.join(unknown)}; `llmtpu doctor --list-checks` lists them")
-    model_name = args.model or DEFAULT_MODEL
-    if model_name not in models:
-        raise UsageError(f"--model: unknown model {model_name!r}; `llmtpu doctor --list-models` lists them")
-    if not args.models_dir.startswith("/"):
-        raise UsageError(f"--models-dir: {args.models_dir!r} must be an absolute path on the machine")
-    options = DoctorOptions(model=model_name, models_dir=args.models_dir, smoke=args.smoke, engine=args.engine,
-                            smoke_model=args.smoke_model, lib_dir=args.lib_dir, smoke_timeout=args.smoke_timeout)
+    options = doctor_options(args.model, args.models_dir, smoke=args.smoke, engine=args.engine,
+                             smoke_model=args.smoke_model, lib_dir=args.lib_dir, smoke_timeout=args.smoke_timeout)
     if args.inventory or args.hosts:
         refuse_root_with_hosts(args.root)
         if args.fix:

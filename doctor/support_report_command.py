@@ -82,21 +82,16 @@ def _engine_log(path: str) -> EngineLog:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmtpu.doctor.checks import DEFAULT_MODEL, DoctorOptions, load_models
+    from llmtpu.doctor.command import doctor_options
 
     out = _output(args.output, args.force)
     local_root(args.root)
-    model = args.model or DEFAULT_MODEL
-    if model not in load_models():
-        raise UsageError(f"--model: unknown model {model!r}; `llmtpu doctor --list-models` lists them")
-    if not args.models_dir.startswith("/"):
-        raise UsageError(f"--models-dir: {args.models_dir!r} must be an absolute path on the machine")
+    options = doctor_options(args.model, args.models_dir)
     engine_log = _engine_log(args.log) if args.log else None
 
     from llmtpu.doctor.support_report import ArchiveExists, collect_report, write_archive
     from llmtpu.target import LocalTarget
 
-    options = DoctorOptions(model=model, models_dir=args.models_dir)
     if args.inventory or args.hosts:
         refuse_root_with_hosts(args.root)
         return run_hosts(args, out, options, engine_log)
