@@ -68,19 +68,23 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
 
 def hosts_from_args(args: argparse.Namespace) -> tuple[list[Any], Any]:
     """(host specs, SSH options) from the options add_fleet_arguments defined."""
-    from llmtpu.hostkeys import HostKeyStore
-    from llmtpu.ssh import SSHOptions
-
     if args.parallel < 1:
         raise UsageError(f"--parallel: {args.parallel} must be at least 1")
     for flag, value in (("--connect-timeout", args.connect_timeout), ("--timeout", args.timeout)):
         if not value > 0:
             raise UsageError(f"{flag}: {value:g} must be more than 0 seconds")
-    specs = resolve_specs(args, args.hosts, args.limit)
+    return resolve_specs(args, args.hosts, args.limit), ssh_options(args)
+
+
+def ssh_options(args: argparse.Namespace) -> Any:
+    """SSH options from --accept-new, --connect-timeout, --timeout and --ask-pass (secrets from
+    the environment or a prompt, never from the command line)."""
+    from llmtpu.hostkeys import HostKeyStore
+    from llmtpu.ssh import SSHOptions
+
     password, passphrase = SSHOptions.secrets_from(os.environ, ask_pass=args.ask_pass)
-    options = SSHOptions(store=HostKeyStore(), accept_new=args.accept_new, connect_timeout=args.connect_timeout,
-                         command_timeout=args.timeout, password=password, passphrase=passphrase)
-    return specs, options
+    return SSHOptions(store=HostKeyStore(), accept_new=args.accept_new, connect_timeout=args.connect_timeout,
+                      command_timeout=args.timeout, password=password, passphrase=passphrase)
 
 
 def resolve_specs(args: argparse.Namespace, hosts: str | None, limit: str | None) -> list[Any]:

@@ -275,15 +275,11 @@ def chat_with(args: argparse.Namespace, model: Any, spec: Any = None) -> int:
             session = EngineSession(argv, args.load_timeout)
             where = "this machine"
         else:
-            from llmtpu.hostkeys import HostKeyStore
+            from llmtpu.hosts_command import ssh_options
             from llmtpu.runtime.remote import RemoteEngineSession
-            from llmtpu.ssh import SSHOptions, SSHTarget
+            from llmtpu.ssh import SSHTarget
 
-            password, passphrase = SSHOptions.secrets_from(os.environ, ask_pass=args.ask_pass)
-            options = SSHOptions(store=HostKeyStore(), accept_new=args.accept_new,
-                                 connect_timeout=args.connect_timeout, command_timeout=args.timeout,
-                                 password=password, passphrase=passphrase)
-            target = SSHTarget(spec, options)
+            target = SSHTarget(spec, ssh_options(args))
             argv = engine_argv(args.engine or REMOTE_ENGINE, args.remote_model or str(model.bmodel.resolve()),
                                args.lib_dir, args.device)
             session = RemoteEngineSession(target, argv, args.load_timeout)
