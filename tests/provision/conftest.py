@@ -55,15 +55,7 @@ def fingerprint(root: Path) -> dict[str, tuple]:
 
 
 def cli(argv: list[str]) -> int:
-    """`llmtpu` with the provisioning commands registered (the lead wires them into llmtpu/cli.py)."""
-    from llmtpu import cli as cli_module
-    from llmtpu.provision import command
+    """`llmtpu ARGV` in this process: its exit code (usage errors are 64, as on the command line)."""
+    from llmtpu.cli import main
 
-    parser = cli_module.Parser(prog="llmtpu")
-    commands = parser.add_subparsers(dest="command", parser_class=cli_module.Parser)
-    command.add_parser(commands)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args))
-    except cli_module.UsageError:
-        return cli_module.EXIT_USAGE
+    return main(argv)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.cli import Parser
-from llmtpu.provision import sdcard_command
+from llmtpu.cli import main
 from llmtpu.provision.sdcard import (
     BOARD_STEPS,
     CardWriter,
@@ -97,11 +96,7 @@ def read_card(image: Path, dest: Path, partitioned: bool = True) -> dict[str, by
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = Parser(prog="llmtpu")
-    commands = parser.add_subparsers(dest="command", parser_class=Parser)
-    sdcard_command.add_parser(commands)
-    args = parser.parse_args(argv)
-    code = args.run(args)
+    code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
