@@ -29,7 +29,7 @@ from tests.push.helpers import DEST, board_of  # noqa: E402
 from tests.push.test_push import CutAfter  # noqa: E402
 from tests.sshd import SshdFarm  # noqa: E402
 
-PUSH_CLI = ("import sys\nfrom llmtpu.cli import Parser\nfrom llmtpu.provision import push_command\n"
+PUSH_CLI = ("import sys\nfrom llmtpu.clikit import Parser\nfrom llmtpu.provision import push_command\n"
             "p = Parser(prog='llmtpu'); c = p.add_subparsers(dest='command', parser_class=Parser)\n"
             "push_command.add_parser(c); a = p.parse_args(sys.argv[1:]); sys.exit(a.run(a))\n")
 

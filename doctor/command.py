@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from llmtpu.cli import UsageError, local_root, refuse_root_with_hosts
+from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
 from llmtpu.hosts_command import add_fleet_arguments
 
 if TYPE_CHECKING:

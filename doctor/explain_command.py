@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from llmtpu.cli import UsageError
+from llmtpu.clikit import UsageError
 
 if TYPE_CHECKING:
     from llmtpu.doctor.explain import Match, SignatureFix

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from llmtpu.cli import local_root
+from llmtpu.clikit import local_root
 
 
 def add_parser(commands: Any) -> None:

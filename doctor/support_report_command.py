@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from llmtpu.cli import UsageError, local_root, refuse_root_with_hosts
+from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
 
 if TYPE_CHECKING:
     from llmtpu.doctor.support_report import EngineLog

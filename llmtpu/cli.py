@@ -6,36 +6,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from llmtpu import __version__
-
-#: Usage errors exit with EX_USAGE (sysexits.h), distinct from the doctor's 0/1/2/3.
-EXIT_USAGE = 64
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 64."""
-
-
-def local_root(root: str) -> str:
-    """A --root that is an existing folder, or one usage line naming it."""
-    if not os.path.exists(root):
-        raise UsageError(f"--root: {root} does not exist; give the folder that holds the machine's files")
-    if not os.path.isdir(root):
-        raise UsageError(f"--root: {root} is not a folder; give the folder that holds the machine's files")
-    return root
-
-
-def refuse_root_with_hosts(root: str) -> None:
-    """--root is a local sysroot; remote machines get theirs per host from the inventory."""
-    if root != "/":
-        raise UsageError("--root reads a local sysroot; for remote machines set root=DIR per host in the inventory")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"llmtpu: error: {message} (see `{self.prog} --help`)\n")
+from llmtpu.clikit import Exit, Parser, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,16 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return EXIT_USAGE
+        return int(Exit.USAGE)
     try:
         code: int = args.run(args)
     except UsageError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return int(Exit.USAGE)
     except KeyboardInterrupt:
         print("llmtpu: interrupted", file=sys.stderr)
-        return 130
+        return int(Exit.INTERRUPTED)
     except BrokenPipeError:  # the reader went away (`llmtpu ... | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return int(Exit.BROKEN_PIPE)
     return code

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.clikit import UsageError
 
 EXIT_OK = 0
 EXIT_NOT_TRUSTED = 3

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtpu.cli import UsageError, local_root, refuse_root_with_hosts
+from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
 
 STATUS_STYLE = {"done": "green", "done earlier": "dim", "skipped": "dim", "planned": "cyan",
                 "stopped": "yellow", "failed": "bold red"}

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.clikit import UsageError
 
 
 def add_parser(commands: Any) -> None:

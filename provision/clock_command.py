@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from llmtpu.cli import UsageError, local_root
+from llmtpu.clikit import UsageError, local_root
 
 EXIT_FAILED = 1
 EXIT_NOT_IN_EFFECT = 2

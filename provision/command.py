@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from llmtpu.cli import local_root
+from llmtpu.clikit import local_root
 
 EXIT_FAILED = 1
 

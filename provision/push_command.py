@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.clikit import UsageError
 
 SCHEMA = "llmtpu.push/1"
 

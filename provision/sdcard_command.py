@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.clikit import UsageError
 
 EXIT_REFUSED = 1
 EXIT_VERIFY_FAILED = 2

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmtpu.cli import UsageError
+from llmtpu.clikit import UsageError
 
 #: Exit codes shared with the doctor: 0 ok, 2 a failure.
 EXIT_OK = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.cli import Parser
+from llmtpu.clikit import Parser
 from llmtpu.runtime import command
 from llmtpu.runtime.build import SOURCE_DIR, EngineBuildError, build_engine
 from llmtpu.target import LocalTarget

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.cli import Parser, UsageError
+from llmtpu.clikit import Parser, UsageError
 from llmtpu.runtime import command, testmodel
 from llmtpu.runtime.engine import (
     EngineError,

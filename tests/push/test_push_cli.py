@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.cli import EXIT_USAGE, main
+from llmtpu.cli import main
+from llmtpu.clikit import EXIT_USAGE
 from tests.push.helpers import live, make_tree
 
 
