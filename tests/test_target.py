@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.target import LocalTarget, TargetError, parse_dev_list
+from llmtpu.target import LocalTarget, PathRefused, TargetError, parse_dev_list
 
 
 def test_paths_are_read_under_the_root(sysroot) -> None:
@@ -77,10 +77,11 @@ def test_unbounded_file_reads_are_capped(tmp_path: Path) -> None:
     assert len(target.read_bytes("/big", limit=10)) == 10
 
 
-def test_fifo_read_does_not_hang(tmp_path: Path) -> None:
+def test_fifo_is_refused_under_a_sysroot_and_does_not_hang_on_the_real_root(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
-    target = LocalTarget(str(tmp_path))
-    assert target.read_bytes("/fifo") == b""
+    with pytest.raises(PathRefused, match="is a fifo, not a regular file"):
+        LocalTarget(str(tmp_path)).read_bytes("/fifo")
+    assert LocalTarget("/").read_bytes(str(tmp_path / "fifo")) == b""
 
 
 def test_write_atomic_keeps_a_backup(tmp_path: Path) -> None:
@@ -98,7 +99,7 @@ def test_write_atomic_failure_leaves_the_old_file(tmp_path: Path, monkeypatch) -
     target = LocalTarget(str(tmp_path))
     target.write_atomic("/etc/app.conf", b"old\n", backup=False)
 
-    def broken_replace(src: str, dst: str) -> None:
+    def broken_replace(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
