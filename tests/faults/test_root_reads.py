@@ -10,6 +10,8 @@ doctor.json and the doctor judged this machine's kernel.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -25,13 +27,14 @@ import pytest
 
 from llmtpu.cli import main
 from llmtpu.target import LocalTarget, PathRefused
-from tests.conftest import copy_sample
+from tests.conftest import copy_sample, require
 from tests.faults.test_root_watch import OutsideWatch
 
 MARKER = f"llmtpu-canary-{uuid.uuid4().hex}"
 KEY_TEXT = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{MARKER}\n-----END OPENSSH PRIVATE KEY-----\n"
 #: A kernel version no sample has: if it shows up, the doctor read the outside.
 OUTSIDE_KERNEL = f"#9 SMP Mon Jan 5 10:00:00 UTC 2099 {MARKER}\n"
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
 
 class Hostile:
@@ -64,6 +67,7 @@ class Hostile:
         events = watch.events()
         assert events == [], f"llmtpu touched files outside the root: {events}"
         assert self.key.read_text() == KEY_TEXT
+        watch.events()  # that read was ours: the next look starts clean
         for output in outputs:
             assert MARKER not in output
             assert os.uname().version not in output, "this machine's own kernel was judged"
@@ -182,29 +186,38 @@ def test_a_device_node_in_a_sysroot_is_not_opened(tmp_path: Path) -> None:
         LocalTarget(str(root)).read_bytes("/proc/cpuinfo")
 
 
+def swapping(folder: Path, link_to: Path) -> tuple[threading.Event, threading.Thread]:
+    """A thread that keeps exchanging ``folder`` with a link to ``link_to`` (renameat2 EXCHANGE).
+
+    The name always exists, as the folder or as the link, so a walk can meet either at any step.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    require(hasattr(libc, "renameat2"), "renameat2 is not available here")
+    link = folder.with_name(folder.name + ".link")
+    link.symlink_to(link_to)
+    names = os.fsencode(folder), os.fsencode(link)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            if libc.renameat2(AT_FDCWD, names[0], AT_FDCWD, names[1], RENAME_EXCHANGE) != 0:
+                raise OSError(ctypes.get_errno(), "renameat2 failed", folder)
+
+    return stop, threading.Thread(target=swap)
+
+
 def test_a_link_swapped_in_during_reads_never_leads_out(tmp_path: Path) -> None:
     """The walk opens each folder by descriptor with O_NOFOLLOW: no check-then-open window.
 
-    One thread keeps swapping ``etc`` between the sample's folder and a link to a folder outside
-    that has the same layout; the reads never see the outside's content and never open it.
+    One thread keeps exchanging ``etc`` with a link to a folder outside that has the same layout;
+    the reads never see the outside's content and never open it.
     """
     hostile = Hostile(tmp_path, "soc-board-ok")
     decoy = hostile.outside / "etc" / "ld.so.conf.d"
     decoy.mkdir(parents=True)
     (decoy / "libsophon.conf").write_text(KEY_TEXT)
-    etc, parked, link = hostile.root / "etc", hostile.root / "etc.real", hostile.root / "etc.link"
-    link.symlink_to(hostile.outside / "etc")
     target = LocalTarget(str(hostile.root))
-    stop = threading.Event()
-
-    def swap() -> None:
-        while not stop.is_set():
-            os.rename(etc, parked)
-            os.rename(link, etc)
-            os.rename(etc, link)
-            os.rename(parked, etc)
-
-    swapper = threading.Thread(target=swap)
+    stop, swapper = swapping(hostile.root / "etc", hostile.outside / "etc")
     seen: set[str] = set()
     with OutsideWatch(hostile.outside) as watch:
         swapper.start()
