@@ -764,6 +764,8 @@ class LocalTarget(Target):
             )
         except FileNotFoundError as exc:
             raise TargetError(f"{argv[0]}: command not found on {self.name}") from exc
+        except PermissionError as exc:  # not executable, or a PATH folder this user may not search
+            raise TargetError(f"{argv[0]}: permission denied on {self.name}") from exc
         try:
             out, err = proc.communicate(input=input, timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -123,9 +123,18 @@ def test_run_timeout_kills_the_process_group() -> None:
     assert time.monotonic() - start < 10
 
 
-def test_run_missing_command_is_a_clear_error() -> None:
+def test_run_missing_command_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
     with pytest.raises(TargetError, match="command not found"):
         LocalTarget("/").run(["no-such-command-llmtpu"])
+
+
+def test_run_of_a_file_that_may_not_be_executed_is_a_clear_error(tmp_path: Path) -> None:
+    script = tmp_path / "tool"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    with pytest.raises(TargetError, match="tool: permission denied"):
+        LocalTarget("/").run([str(script)])
 
 
 def test_recorded_command_output_only_in_a_sysroot(sysroot) -> None:
