@@ -359,7 +359,10 @@ class Target(ABC):
 
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-#: Every component below a sysroot is opened with these: a link fails with ELOOP instead of being followed.
+#: A folder on the way is opened with these: a link fails (ELOOP, or ENOTDIR with O_PATH) instead of
+#: being followed, and O_PATH needs only search permission, like the kernel's own path walk.
+_WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+#: A folder whose names are listed, or that is fsync'ed after a rename in it.
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 #: O_NONBLOCK and O_NOCTTY: a pipe or terminal that slips in between lstat and open cannot hang us.
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | _CLOEXEC
@@ -421,7 +424,7 @@ class LocalTarget(Target):
         machine = normalize(path)
         parts = _components(machine)
         hops = 0
-        fds = [os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)]
+        fds = [os.open(self.root, _WALK_FLAGS & ~os.O_NOFOLLOW)]
         try:
             while True:
                 depth = len(fds) - 1
@@ -431,7 +434,7 @@ class LocalTarget(Target):
                 try:
                     if depth == len(parts) - 1:
                         return final(fds[-1], part)
-                    fds.append(os.open(part, _FOLDER_FLAGS, dir_fd=fds[-1]))
+                    fds.append(os.open(part, _WALK_FLAGS, dir_fd=fds[-1]))
                     continue
                 except OSError as exc:
                     if create and exc.errno == errno.ENOENT and depth < len(parts) - 1:
@@ -476,13 +479,17 @@ class LocalTarget(Target):
         except OSError:
             return None
 
-    def _open_folder(self, path: str, create: bool = False) -> int:
-        """A descriptor of a machine folder, made with its parents when asked; the caller closes it."""
+    def _open_folder(self, path: str, create: bool = False, readable: bool = False) -> int:
+        """A descriptor of a machine folder, made with its parents when asked; the caller closes it.
+
+        Only a ``readable`` one can be listed or fsync'ed; the others serve as ``dir_fd``.
+        """
         machine = normalize(path)
+        flags = _FOLDER_FLAGS if readable else _WALK_FLAGS
         if not self.is_sysroot:
             if create:
                 os.makedirs(machine, exist_ok=True)
-            return os.open(machine, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+            return os.open(machine, flags & ~os.O_NOFOLLOW)
 
         def open_here(folder_fd: int, name: str) -> int:
             if create and name != ".":
@@ -490,7 +497,7 @@ class LocalTarget(Target):
                     os.mkdir(name, 0o777, dir_fd=folder_fd)
                 except FileExistsError:
                     pass
-            return os.open(name, _FOLDER_FLAGS, dir_fd=folder_fd)
+            return os.open(name, flags, dir_fd=folder_fd)
 
         return self._in_root(machine, open_here, create=create)
 
@@ -565,7 +572,7 @@ class LocalTarget(Target):
         machine = normalize(path)
         if not self.is_sysroot:
             return os.listdir(machine)
-        folder_fd = self._open_folder(machine)
+        folder_fd = self._open_folder(machine, readable=True)
         try:
             return os.listdir(folder_fd)
         finally:
@@ -676,7 +683,7 @@ class LocalTarget(Target):
         folder, name = _split(machine)
         if name == ".":
             raise IsADirectoryError(errno.EISDIR, "Is a directory", self.host_path(machine))
-        folder_fd = self._open_folder(folder, create=True)
+        folder_fd = self._open_folder(folder, create=True, readable=True)
         try:
             backup_path = self._back_up(machine, folder_fd, name) if backup else None
             self._install(folder_fd, name, mode, lambda fd: _write_all(fd, data))
@@ -731,7 +738,7 @@ class LocalTarget(Target):
                     _write_all(fd, chunk)
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-            backup_fd = self._open_folder(backup_folder, create=True)
+            backup_fd = self._open_folder(backup_folder, create=True, readable=True)
             try:
                 self._install(backup_fd, backup_name, statmod.S_IMODE(st.st_mode), copy)
             finally:

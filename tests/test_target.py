@@ -278,3 +278,18 @@ def test_the_real_root_still_follows_the_machines_own_links(tmp_path: Path) -> N
     target.write_atomic(f"{tmp_path}/link/new", b"new\n", backup=False)
     assert (tmp_path / "real/new").read_bytes() == b"new\n"
     assert target.listdir(f"{tmp_path}/link") == ["file", "new"]
+
+
+def test_a_folder_that_may_only_be_searched_is_walked_like_the_kernel_does(tmp_path: Path) -> None:
+    """Folders on the way need search permission only (O_PATH), as in a plain open() of the path."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/conf").write_text("x\n")
+    (tmp_path / "etc").chmod(0o111)
+    try:
+        target = LocalTarget(str(tmp_path))
+        assert target.read_text("/etc/conf") == "x\n"
+        assert target.lstat("/etc/conf").kind == "file"
+        target.append("/etc/conf", b"y\n")
+    finally:
+        (tmp_path / "etc").chmod(0o755)
+    assert (tmp_path / "etc/conf").read_text() == "x\ny\n"
