@@ -11,21 +11,36 @@ a sysroot lists them in ``/dev.list``; output of commands that have no file equi
 in ``/_cmd/<name>.txt``. A copy of a sysroot made by a tool that does not keep symlinks holds a
 link's target as the whole content of a small regular file, with no newline; such a file counts
 as the symlink it stands for. All three are only consulted when the root is not ``/``.
+
+Confinement: under a sysroot every path resolves inside the root, for reads and writes. The
+local target walks each path one component at a time from a descriptor of the root folder
+(``openat`` with ``O_NOFOLLOW``), so there is no check-then-use window through which a swapped
+link could lead out. A link met on the way is read, never followed by the kernel: an absolute
+target is a machine path, so the walk restarts at the root; ``..`` at the root stays at the root,
+exactly as the kernel treats ``/..`` (and a chroot its root), so a relative link that climbs
+above the root is clamped to it rather than refused: that is where it ends on the machine the
+sysroot stands for. More than MAX_SYMLINK_HOPS links is a loop (ELOOP). Only regular files and
+folders are opened under a sysroot: a pipe or device node there is refused before it is opened
+(a sysroot holds copies; its ``/dev`` is ``dev.list``). Writes resolve their folders the same
+way and never follow their last component: ``write_atomic`` and ``symlink`` replace a link,
+``remove`` removes it, ``append`` refuses it (on ``/`` too). The real machine (root ``/``) is
+read as the kernel resolves it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
-import shutil
+import secrets
 import signal
 import stat as statmod
 import subprocess
-import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 #: Reads are capped so a huge or endless file (a /dev node, a runaway log) cannot stall a check.
 DEFAULT_READ_LIMIT = 1 << 20
@@ -33,10 +48,26 @@ DEFAULT_READ_LIMIT = 1 << 20
 MAX_SYMLINK_HOPS = 40
 #: Where replaced system files are kept before an atomic write overwrites them.
 BACKUP_DIR = "/var/lib/llmtpu/backups"
+#: A flattened symlink (see the module docstring) is a file smaller than this.
+STAND_IN_MAX = 4096
 
 
 class TargetError(Exception):
     """A machine operation failed; the message is one line a user can act on."""
+
+
+class PathRefused(TargetError, OSError):
+    """A path llmtpu will not use: a link loop, a pipe or device under a root, a write through a link.
+
+    Both a TargetError and an OSError, so code that reports failed reads (which catches OSError)
+    and commands (which catch TargetError) both turn it into one line instead of a traceback.
+    """
+
+    def __init__(self, code: int, path: str, reason: str) -> None:
+        OSError.__init__(self, code, reason, path)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +117,13 @@ _KIND_BY_FMT = {
 
 def kind_of_mode(st_mode: int) -> str:
     return _KIND_BY_FMT.get(statmod.S_IFMT(st_mode), "other")
+
+
+def stand_in_text(data: bytes) -> str | None:
+    """The link target a flattened symlink's content names, or None for ordinary content."""
+    if 1 < len(data) < STAND_IN_MAX and data.startswith(b"/") and b"\n" not in data and b"\0" not in data:
+        return data.decode("utf-8", errors="replace")
+    return None
 
 
 def normalize(path: str) -> str:
@@ -239,15 +277,12 @@ class Target(ABC):
 
     def _link_stand_in(self, st: FileStat) -> str | None:
         """The target a sysroot's flattened symlink names, or None for an ordinary file."""
-        if not self.is_sysroot or st.kind != "file" or not 1 < st.size < 4096:
+        if not self.is_sysroot or st.kind != "file" or not 1 < st.size < STAND_IN_MAX:
             return None
         try:
-            data = self.read_bytes(st.path, 4096)
+            return stand_in_text(self.read_bytes(st.path, STAND_IN_MAX))
         except OSError:
             return None
-        if data.startswith(b"/") and b"\n" not in data and b"\0" not in data:
-            return data.decode("utf-8", errors="replace")
-        return None
 
     def readlink(self, path: str) -> str:
         path = normalize(path)
@@ -266,7 +301,11 @@ class Target(ABC):
         return sorted(self.listdir_raw(path))
 
     def resolve(self, path: str) -> str:
-        """Follow symlinks *inside the root* (never out to this machine's own files)."""
+        """Follow symlinks *inside the root* (never out to this machine's own files).
+
+        An absolute link text is a machine path; a relative one that climbs above the root is
+        clamped at the root (``/..`` is ``/``), the rule LocalTarget's descriptor walk follows.
+        """
         path = normalize(path)
         parts = [p for p in path.split("/") if p]
         resolved = "/"
@@ -319,8 +358,51 @@ class Target(ABC):
             return None
 
 
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: A folder on the way is opened with these: a link fails (ELOOP, or ENOTDIR with O_PATH) instead of
+#: being followed, and O_PATH needs only search permission, like the kernel's own path walk.
+_WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+#: A folder whose names are listed, or that is fsync'ed after a rename in it.
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+#: O_NONBLOCK and O_NOCTTY: a pipe or terminal that slips in between lstat and open cannot hang us.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | _CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
+#: Opens a name only to ask about its filesystem; reads and writes nothing, follows no link.
+_PATH_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW | _CLOEXEC
+
+T = TypeVar("T")
+
+
+def _components(machine_path: str) -> list[str]:
+    return [p for p in machine_path.split("/") if p]
+
+
+def _split(machine_path: str) -> tuple[str, str]:
+    """Folder and last name of a clean machine path; ``/`` itself is ``("/", ".")``."""
+    folder, name = posixpath.split(machine_path)
+    return folder, name or "."
+
+
+def _follow_link(name: str) -> OSError:
+    """What a walk's last step raises to say "this name is a link: follow it inside the root"."""
+    return OSError(errno.ELOOP, "Too many levels of symbolic links", name)
+
+
+def _unlink_quietly(name: str, folder_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class LocalTarget(Target):
-    """This machine, optionally seen through a sysroot folder."""
+    """This machine, optionally seen through a sysroot folder (see "Confinement" above)."""
 
     def __init__(self, root: str = "/", name: str | None = None) -> None:
         import socket
@@ -328,46 +410,243 @@ class LocalTarget(Target):
         root = os.path.abspath(root)
         super().__init__(root=root, name=name or socket.gethostname())
 
-    def read_bytes(self, path: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
-        host = self.host_path(path)
-        # O_NONBLOCK keeps a FIFO or a device node from hanging the read.
-        fd = os.open(host, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    # -- confinement under a sysroot ------------------------------------------------------
+
+    def _in_root(self, path: str, final: Callable[[int, str], T], create: bool = False) -> T:
+        """``final(folder_fd, name)`` on what a machine path names, every link followed inside the root.
+
+        Each folder is opened relative to its parent's descriptor with O_NOFOLLOW. A link on the
+        way (or a ``final`` that raises ELOOP because its name is one) restarts the walk at the
+        root with the link's text in its place, joined and normalized as a machine path, so
+        ``..`` never climbs above the root. With ``create`` a missing folder is made where the
+        resolved path needs it (``mkdir -p``). ``final`` gets ``.`` for the root itself.
+        """
+        machine = normalize(path)
+        parts = _components(machine)
+        hops = 0
+        fds = [os.open(self.root, _WALK_FLAGS & ~os.O_NOFOLLOW)]
         try:
-            if statmod.S_ISDIR(os.fstat(fd).st_mode):
-                raise IsADirectoryError(21, "Is a directory", host)
-            chunks = []
-            remaining = limit
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, 1 << 16))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            return b"".join(chunks)
+            while True:
+                depth = len(fds) - 1
+                if depth == len(parts):
+                    return final(fds[-1], ".")
+                part = parts[depth]
+                try:
+                    if depth == len(parts) - 1:
+                        return final(fds[-1], part)
+                    fds.append(os.open(part, _WALK_FLAGS, dir_fd=fds[-1]))
+                    continue
+                except OSError as exc:
+                    if create and exc.errno == errno.ENOENT and depth < len(parts) - 1:
+                        try:
+                            os.mkdir(part, 0o777, dir_fd=fds[-1])
+                        except FileExistsError:
+                            pass
+                        continue
+                    link = self._link_at(fds[-1], part, exc)
+                    if link is None:
+                        raise
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise PathRefused(errno.ELOOP, self.host_path(machine), "too many levels of symbolic links")
+                here = "/" + "/".join(parts[:depth])
+                parts = _components(posixpath.normpath(posixpath.join(here, link))) + parts[depth + 1:]
+                while len(fds) > 1:
+                    os.close(fds.pop())
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
+
+    def _link_at(self, folder_fd: int, name: str, exc: OSError) -> str | None:
+        """The link text when ``exc`` came from meeting a link (or a flattened one), else None."""
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            return None
+        try:
+            return os.readlink(name, dir_fd=folder_fd)
+        except OSError:
+            pass
+        if exc.errno != errno.ENOTDIR:
+            return None
+        try:
+            st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            if not statmod.S_ISREG(st.st_mode) or not 1 < st.st_size < STAND_IN_MAX:
+                return None
+            fd = os.open(name, _READ_FLAGS, dir_fd=folder_fd)
+            try:
+                return stand_in_text(os.read(fd, STAND_IN_MAX))
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+
+    def _open_folder(self, path: str, create: bool = False, readable: bool = False) -> int:
+        """A descriptor of a machine folder, made with its parents when asked; the caller closes it.
+
+        Only a ``readable`` one can be listed or fsync'ed; the others serve as ``dir_fd``.
+        """
+        machine = normalize(path)
+        flags = _FOLDER_FLAGS if readable else _WALK_FLAGS
+        if not self.is_sysroot:
+            if create:
+                os.makedirs(machine, exist_ok=True)
+            return os.open(machine, flags & ~os.O_NOFOLLOW)
+
+        def open_here(folder_fd: int, name: str) -> int:
+            if create and name != ".":
+                try:
+                    os.mkdir(name, 0o777, dir_fd=folder_fd)
+                except FileExistsError:
+                    pass
+            return os.open(name, flags, dir_fd=folder_fd)
+
+        return self._in_root(machine, open_here, create=create)
+
+    def _only_regular(self, machine: str, st: os.stat_result) -> None:
+        """Under a sysroot only regular files are opened: a pipe could hang, a device has effects."""
+        kind = kind_of_mode(st.st_mode)
+        if kind == "link":
+            raise _follow_link(machine)
+        if kind == "dir":
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", self.host_path(machine))
+        if kind != "file":
+            raise PathRefused(errno.EINVAL, self.host_path(machine),
+                              f"is a {kind}, not a regular file; llmtpu opens only regular files under a root")
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def read_bytes(self, path: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+        machine = normalize(path)
+        if not self.is_sysroot:
+            # O_NONBLOCK keeps a FIFO or a device node from hanging the read.
+            fd = os.open(machine, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+            try:
+                if statmod.S_ISDIR(os.fstat(fd).st_mode):
+                    raise IsADirectoryError(21, "Is a directory", machine)
+                return self._read_fd(fd, limit)
+            finally:
+                os.close(fd)
+
+        def read_here(folder_fd: int, name: str) -> bytes:
+            self._only_regular(machine, os.stat(name, dir_fd=folder_fd, follow_symlinks=False))
+            fd = os.open(name, _READ_FLAGS, dir_fd=folder_fd)
+            try:
+                self._only_regular(machine, os.fstat(fd))  # the same file the lstat saw, or refused
+                return self._read_fd(fd, limit)
+            finally:
+                os.close(fd)
+
+        return self._in_root(machine, read_here)
+
+    @staticmethod
+    def _read_fd(fd: int, limit: int) -> bytes:
+        chunks = []
+        remaining = limit
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
 
     def lstat_raw(self, path: str) -> FileStat | None:
+        machine = normalize(path)
         try:
-            st = os.lstat(self.host_path(path))
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
+            if self.is_sysroot:
+                folder, name = _split(machine)
+                folder_fd = self._open_folder(folder)
+                try:
+                    st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                finally:
+                    os.close(folder_fd)
+            else:
+                st = os.lstat(machine)
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return FileStat(
-            normalize(path), kind_of_mode(st.st_mode), st.st_size,
+            machine, kind_of_mode(st.st_mode), st.st_size,
             statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
         )
 
     def listdir_raw(self, path: str) -> list[str]:
-        return os.listdir(self.host_path(path))
+        machine = normalize(path)
+        if not self.is_sysroot:
+            return os.listdir(machine)
+        folder_fd = self._open_folder(machine, readable=True)
+        try:
+            return os.listdir(folder_fd)
+        finally:
+            os.close(folder_fd)
 
     def readlink_raw(self, path: str) -> str:
-        return os.readlink(self.host_path(path))
+        machine = normalize(path)
+        if not self.is_sysroot:
+            return os.readlink(machine)
+        folder, name = _split(machine)
+        folder_fd = self._open_folder(folder)
+        try:
+            return os.readlink(name, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
+
+    def access_raw(self, path: str, want_write: bool) -> bool:
+        machine = normalize(path)
+        flags = os.R_OK | (os.W_OK if want_write else 0)
+        if not self.is_sysroot:
+            return os.access(machine, flags)
+
+        def access_here(folder_fd: int, name: str) -> bool:
+            if statmod.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+                raise _follow_link(machine)
+            return os.access(name, flags, dir_fd=folder_fd, follow_symlinks=False)
+
+        try:
+            return self._in_root(machine, access_here)
+        except OSError:
+            return False
+
+    def disk_usage(self, path: str) -> DiskUsage:
+        machine = normalize(path)
+        if not self.is_sysroot:
+            st = os.statvfs(machine)
+        else:
+
+            def statvfs_here(folder_fd: int, name: str) -> os.statvfs_result:
+                if statmod.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+                    raise _follow_link(machine)
+                fd = os.open(name, _PATH_FLAGS, dir_fd=folder_fd)
+                try:
+                    return os.statvfs(fd)
+                finally:
+                    os.close(fd)
+
+            st = self._in_root(machine, statvfs_here)
+        return DiskUsage(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
+
+    # -- writes: folders resolved like reads, the last name never followed ----------------
 
     def append(self, path: str, data: bytes) -> None:
-        fd = os.open(self.host_path(path), os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        machine = normalize(path)
+        folder, name = _split(machine)
+        folder_fd = self._open_folder(folder)
         try:
+            if self.is_sysroot:
+                st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                if not statmod.S_ISLNK(st.st_mode):
+                    self._only_regular(machine, st)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NOCTTY | _CLOEXEC
+            try:
+                fd = os.open(name, flags | (os.O_NONBLOCK if self.is_sysroot else 0), dir_fd=folder_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise PathRefused(errno.ELOOP, self.host_path(machine),
+                                      "is a symbolic link; llmtpu does not write through links") from exc
+                raise
+        finally:
+            os.close(folder_fd)
+        try:
+            if self.is_sysroot:
+                self._only_regular(machine, os.fstat(fd))
             written = os.write(fd, data)
         finally:
             os.close(fd)
@@ -375,31 +654,100 @@ class LocalTarget(Target):
             raise TargetError(f"{path}: short write ({written} of {len(data)} bytes)")
 
     def remove(self, path: str) -> None:
+        folder, name = _split(normalize(path))
         try:
-            os.unlink(self.host_path(path))
+            folder_fd = self._open_folder(folder)
         except FileNotFoundError:
-            pass
+            return
+        try:
+            _unlink_quietly(name, folder_fd)
+        finally:
+            os.close(folder_fd)
 
     def symlink(self, link_text: str, path: str) -> None:
-        host = self.host_path(path)
-        tmp = f"{host}.llmtpu-link"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(link_text, tmp)
-        os.replace(tmp, host)
+        folder, name = _split(normalize(path))
+        folder_fd = self._open_folder(folder)
+        try:
+            tmp = f"{name}.llmtpu-link"
+            _unlink_quietly(tmp, folder_fd)
+            os.symlink(link_text, tmp, dir_fd=folder_fd)
+            os.replace(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
 
     def makedirs(self, path: str) -> None:
-        os.makedirs(self.host_path(path), exist_ok=True)
+        os.close(self._open_folder(path, create=True))
 
-    def access_raw(self, path: str, want_write: bool) -> bool:
-        flags = os.R_OK | (os.W_OK if want_write else 0)
-        return os.access(self.host_path(path), flags)
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, backup: bool = True) -> str | None:
+        machine = normalize(path)
+        folder, name = _split(machine)
+        if name == ".":
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", self.host_path(machine))
+        folder_fd = self._open_folder(folder, create=True, readable=True)
+        try:
+            backup_path = self._back_up(machine, folder_fd, name) if backup else None
+            self._install(folder_fd, name, mode, lambda fd: _write_all(fd, data))
+        finally:
+            os.close(folder_fd)
+        return backup_path
 
-    def disk_usage(self, path: str) -> DiskUsage:
-        import psutil
+    def _install(self, folder_fd: int, name: str, mode: int, fill: Callable[[int], None]) -> None:
+        """Make ``name`` a new file: a fresh temp file (O_EXCL, no link followed), filled, renamed."""
+        while True:
+            tmp = f".llmtpu-{secrets.token_hex(6)}"
+            try:
+                fd = os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=folder_fd)
+                break
+            except FileExistsError:
+                continue
+        try:
+            try:
+                fill(fd)
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        except BaseException:
+            _unlink_quietly(tmp, folder_fd)
+            raise
+        os.fsync(folder_fd)
 
-        usage = psutil.disk_usage(self.host_path(path))
-        return DiskUsage(total=usage.total, free=usage.free)
+    def _back_up(self, machine: str, folder_fd: int, name: str) -> str | None:
+        """Keep what ``name`` is now (a file's bytes, or a link as a link) under BACKUP_DIR."""
+        try:
+            st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        backup_path = f"{BACKUP_DIR}/{stamp}{machine}"
+        backup_folder, backup_name = _split(backup_path)
+        if statmod.S_ISLNK(st.st_mode):
+            self.makedirs(backup_folder)
+            self.symlink(os.readlink(name, dir_fd=folder_fd), backup_path)
+            return backup_path
+        if not statmod.S_ISREG(st.st_mode):
+            raise PathRefused(errno.EINVAL, self.host_path(machine),
+                              f"is a {kind_of_mode(st.st_mode)}; llmtpu replaces only files and links")
+        source = os.open(name, _READ_FLAGS, dir_fd=folder_fd)
+        try:
+            self._only_regular(machine, os.fstat(source))
+
+            def copy(fd: int) -> None:
+                while chunk := os.read(source, 1 << 20):
+                    _write_all(fd, chunk)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+            backup_fd = self._open_folder(backup_folder, create=True, readable=True)
+            try:
+                self._install(backup_fd, backup_name, statmod.S_IMODE(st.st_mode), copy)
+            finally:
+                os.close(backup_fd)
+        finally:
+            os.close(source)
+        return backup_path
+
+    # -- commands -------------------------------------------------------------------------
 
     def run(
         self,
@@ -423,6 +771,8 @@ class LocalTarget(Target):
             )
         except FileNotFoundError as exc:
             raise TargetError(f"{argv[0]}: command not found on {self.name}") from exc
+        except PermissionError as exc:  # not executable, or a PATH folder this user may not search
+            raise TargetError(f"{argv[0]}: permission denied on {self.name}") from exc
         try:
             out, err = proc.communicate(input=input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -433,29 +783,3 @@ class LocalTarget(Target):
             out, err = proc.communicate()
             return CommandResult(argv, -9, out, err, timed_out=True)
         return CommandResult(argv, proc.returncode, out, err)
-
-    def write_atomic(self, path: str, data: bytes, mode: int = 0o644, backup: bool = True) -> str | None:
-        path = normalize(path)
-        host = self.host_path(path)
-        folder = os.path.dirname(host)
-        os.makedirs(folder, exist_ok=True)
-        backup_path = None
-        if backup and os.path.lexists(host):
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            backup_path = f"{BACKUP_DIR}/{stamp}{path}"
-            backup_host = self.host_path(backup_path)
-            os.makedirs(os.path.dirname(backup_host), exist_ok=True)
-            shutil.copy2(host, backup_host, follow_symlinks=False)
-        fd, tmp = tempfile.mkstemp(prefix=".llmtpu-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, host)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return backup_path

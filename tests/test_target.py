@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.target import LocalTarget, TargetError, parse_dev_list
+from llmtpu.target import LocalTarget, PathRefused, TargetError, parse_dev_list
 
 
 def test_paths_are_read_under_the_root(sysroot) -> None:
@@ -77,10 +77,11 @@ def test_unbounded_file_reads_are_capped(tmp_path: Path) -> None:
     assert len(target.read_bytes("/big", limit=10)) == 10
 
 
-def test_fifo_read_does_not_hang(tmp_path: Path) -> None:
+def test_fifo_is_refused_under_a_sysroot_and_does_not_hang_on_the_real_root(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
-    target = LocalTarget(str(tmp_path))
-    assert target.read_bytes("/fifo") == b""
+    with pytest.raises(PathRefused, match="is a fifo, not a regular file"):
+        LocalTarget(str(tmp_path)).read_bytes("/fifo")
+    assert LocalTarget("/").read_bytes(str(tmp_path / "fifo")) == b""
 
 
 def test_write_atomic_keeps_a_backup(tmp_path: Path) -> None:
@@ -98,7 +99,7 @@ def test_write_atomic_failure_leaves_the_old_file(tmp_path: Path, monkeypatch) -
     target = LocalTarget(str(tmp_path))
     target.write_atomic("/etc/app.conf", b"old\n", backup=False)
 
-    def broken_replace(src: str, dst: str) -> None:
+    def broken_replace(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
@@ -122,9 +123,18 @@ def test_run_timeout_kills_the_process_group() -> None:
     assert time.monotonic() - start < 10
 
 
-def test_run_missing_command_is_a_clear_error() -> None:
+def test_run_missing_command_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
     with pytest.raises(TargetError, match="command not found"):
         LocalTarget("/").run(["no-such-command-llmtpu"])
+
+
+def test_run_of_a_file_that_may_not_be_executed_is_a_clear_error(tmp_path: Path) -> None:
+    script = tmp_path / "tool"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    with pytest.raises(TargetError, match="tool: permission denied"):
+        LocalTarget("/").run([str(script)])
 
 
 def test_recorded_command_output_only_in_a_sysroot(sysroot) -> None:
@@ -148,3 +158,138 @@ def test_append_remove_symlink_makedirs(tmp_path: Path) -> None:
     assert target.lstat("/etc/a/b/link") is None
     with pytest.raises(FileNotFoundError):
         target.append("/missing", b"x")
+
+
+# -- confinement under a sysroot (the fault catalogue is tests/faults/test_root_*.py) ----------
+
+
+def test_a_relative_link_climbing_above_the_root_is_clamped_at_the_root(tmp_path: Path) -> None:
+    """``/..`` is ``/`` on the machine the sysroot stands for, so that is where the link ends."""
+    root = tmp_path / "root"
+    (root / "etc/deep").mkdir(parents=True)
+    (root / "secret").write_text("inside\n")
+    (tmp_path / "secret").write_text("outside\n")
+    (root / "etc/deep/up").symlink_to("../../../../../secret")
+    target = LocalTarget(str(root))
+    assert target.resolve("/etc/deep/up") == "/secret"
+    assert target.read_text("/etc/deep/up") == "inside\n"
+
+
+def test_links_in_folders_resolve_inside_the_root_for_every_read(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "real/sub").mkdir(parents=True)
+    (root / "real/sub/file").write_text("in root\n")
+    (root / "real/sub/link").symlink_to("file")
+    (tmp_path / "outside/sub").mkdir(parents=True)
+    (tmp_path / "outside/sub/file").write_text("outside\n")
+    (root / "etc").symlink_to("/real")  # absolute: a machine path
+    os.makedirs(root / str(tmp_path / "outside").lstrip("/"))
+    (root / "host").symlink_to(tmp_path / "outside")  # names this machine's folder: not followed out
+    target = LocalTarget(str(root))
+    assert target.read_text("/etc/sub/file") == "in root\n"
+    assert target.listdir("/etc/sub") == ["file", "link"]
+    assert target.lstat("/etc/sub/link").kind == "link" and target.readlink("/etc/sub/link") == "file"
+    assert target.access("/etc/sub/file", want_write=False) is True
+    assert target.disk_usage("/etc/sub").total > 0
+    assert target.listdir("/host") == []  # the in-root copy of that path, empty
+    assert target.lstat("/host/sub/file") is None
+    with pytest.raises(FileNotFoundError):
+        target.read_bytes("/host/sub/file")
+
+
+def test_a_loop_is_refused_as_both_a_target_error_and_an_os_error(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/version").symlink_to("/proc/version")  # names itself inside the root
+    target = LocalTarget(str(tmp_path))
+    with pytest.raises(PathRefused, match="too many levels of symbolic links") as caught:
+        target.read_bytes("/proc/version")
+    assert isinstance(caught.value, TargetError) and isinstance(caught.value, OSError)
+    assert str(caught.value) == f"{tmp_path}/proc/version: too many levels of symbolic links"
+
+
+def test_a_flattened_link_is_followed_where_a_folder_is_needed(tmp_path: Path) -> None:
+    (tmp_path / "opt/sophon/libsophon-0.5.1/lib").mkdir(parents=True)
+    (tmp_path / "opt/sophon/libsophon-0.5.1/lib/x.conf").write_text("x\n")
+    (tmp_path / "opt/sophon/libsophon-current").write_text("/opt/sophon/libsophon-0.5.1")
+    target = LocalTarget(str(tmp_path))
+    assert target.read_text("/opt/sophon/libsophon-current/lib/x.conf") == "x\n"
+    assert target.listdir("/opt/sophon/libsophon-current") == ["lib"]
+
+
+def test_makedirs_through_a_dangling_link_makes_its_target_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/systemd").symlink_to(tmp_path / "elsewhere")
+    target = LocalTarget(str(root))
+    target.write_atomic("/etc/systemd/system/a.service", b"[Unit]\n")
+    assert not (tmp_path / "elsewhere").exists()
+    assert (root / str(tmp_path / "elsewhere/system/a.service").lstrip("/")).read_bytes() == b"[Unit]\n"
+
+
+def test_write_atomic_replaces_a_link_and_keeps_it_as_the_backup(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (tmp_path / "victim").write_text("victim\n")
+    (root / "etc/app.conf").symlink_to(tmp_path / "victim")
+    target = LocalTarget(str(root))
+    backup = target.write_atomic("/etc/app.conf", b"new\n")
+    assert (tmp_path / "victim").read_text() == "victim\n"
+    assert not (root / "etc/app.conf").is_symlink() and (root / "etc/app.conf").read_bytes() == b"new\n"
+    assert backup is not None and target.readlink(backup) == str(tmp_path / "victim")
+
+
+def test_write_atomic_backup_is_a_new_file_even_when_one_is_planted(tmp_path: Path, monkeypatch) -> None:
+    """The backup name is fixed by the clock; a link planted there is replaced, not written through."""
+    import time as time_module
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/app.conf").write_text("old\n")
+    (tmp_path / "victim").write_text("victim\n")
+    monkeypatch.setattr(time_module, "strftime", lambda fmt, t=None: "20260101T000000Z")
+    planted = root / "var/lib/llmtpu/backups/20260101T000000Z/etc/app.conf"
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(tmp_path / "victim")
+    target = LocalTarget(str(root))
+    assert target.write_atomic("/etc/app.conf", b"new\n") == "/var/lib/llmtpu/backups/20260101T000000Z/etc/app.conf"
+    assert (tmp_path / "victim").read_text() == "victim\n"
+    assert not planted.is_symlink() and planted.read_text() == "old\n"
+
+
+def test_remove_and_symlink_never_act_through_a_linked_folder(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/keep").write_text("keep\n")
+    (root / "wants").symlink_to(tmp_path / "outside")
+    target = LocalTarget(str(root))
+    target.remove("/wants/keep")
+    with pytest.raises(FileNotFoundError):
+        target.symlink("/x", "/wants/link")
+    assert sorted(os.listdir(tmp_path / "outside")) == ["keep"]
+
+
+def test_the_real_root_still_follows_the_machines_own_links(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real/file").write_text("here\n")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    target = LocalTarget("/")
+    assert target.read_text(f"{tmp_path}/link/file") == "here\n"
+    target.write_atomic(f"{tmp_path}/link/new", b"new\n", backup=False)
+    assert (tmp_path / "real/new").read_bytes() == b"new\n"
+    assert target.listdir(f"{tmp_path}/link") == ["file", "new"]
+
+
+def test_a_folder_that_may_only_be_searched_is_walked_like_the_kernel_does(tmp_path: Path) -> None:
+    """Folders on the way need search permission only (O_PATH), as in a plain open() of the path."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/conf").write_text("x\n")
+    (tmp_path / "etc").chmod(0o111)
+    try:
+        target = LocalTarget(str(tmp_path))
+        assert target.read_text("/etc/conf") == "x\n"
+        assert target.lstat("/etc/conf").kind == "file"
+        target.append("/etc/conf", b"y\n")
+    finally:
+        (tmp_path / "etc").chmod(0o755)
+    assert (tmp_path / "etc/conf").read_text() == "x\ny\n"
