@@ -164,9 +164,15 @@ def kill_quietly(proc: subprocess.Popen[bytes]) -> None:
 
 
 class Cancel:
-    """Set on SIGINT/SIGTERM: every ssh process of the pushes in flight is killed and no new step starts."""
+    """Set on SIGINT/SIGTERM: every ssh process of the pushes in flight is killed and no new step starts.
 
-    def __init__(self) -> None:
+    ``detached``: the caller turns those signals into :meth:`set`, so ssh processes start in their
+    own session, out of reach of a terminal's Ctrl-C, and are stopped here instead. Without a
+    handler they stay in the caller's process group, where the Ctrl-C stops them as it stops us.
+    """
+
+    def __init__(self, detached: bool = False) -> None:
+        self.detached = detached
         self.event = threading.Event()
         self.lock = threading.Lock()
         self.procs: set[subprocess.Popen[bytes]] = set()
@@ -225,8 +231,7 @@ class Session:
     """One multiplexed OpenSSH connection to a board, owned by this process and closed by PID.
 
     Every remote step runs under a deadline (``timeout`` plus time for the bytes it moves) and
-    under ``cancel``: ssh processes start in their own session, so a terminal's Ctrl-C reaches
-    only llmtpu, which then stops them itself and removes the llmtpu-ssh-* folder.
+    under ``cancel``, which stops its ssh processes; closing always removes the llmtpu-ssh-* folder.
     """
 
     def __init__(self, board: Board, timeout: float = 60, cancel: Cancel | None = None) -> None:
@@ -252,7 +257,8 @@ class Session:
             self.master = subprocess.Popen(
                 ["ssh", *self.board.ssh_options(), "-o", "ControlMaster=yes", "-o", f"ControlPath={self.socket}",
                  "-N", self.board.host],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=self.cancel.detached)
         self.cancel.started(self.master)
         deadline = time.monotonic() + self.timeout
         while not os.path.exists(self.socket):
@@ -297,7 +303,7 @@ class Session:
     def spawn(self, what: str, script: str, args: Sequence[str], **popen: object) -> subprocess.Popen[bytes]:
         self.check_cancel(what)
         proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            self.argv(script, args), start_new_session=True, **popen)
+            self.argv(script, args), start_new_session=self.cancel.detached, **popen)
         self.cancel.started(proc)
         return proc
 

@@ -142,10 +142,10 @@ def interrupts() -> Iterator[Any]:
     instead of killing llmtpu mid-way; the handlers are restored afterwards."""
     from llmtpu.provision.push import Cancel
 
-    cancel = Cancel()
     if threading.current_thread() is not threading.main_thread():
-        yield cancel
+        yield Cancel()
         return
+    cancel = Cancel(detached=True)
     previous = {sig: signal.signal(sig, lambda *_: cancel.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield cancel

@@ -265,3 +265,28 @@ def test_host_or_user_starting_with_a_dash_never_reaches_ssh(sshd_farm, tmp_path
                            str(inventory), "--known-hosts", str(sshd_farm.known_hosts), "--ssh-config", "/dev/null"],
                           capture_output=True, timeout=60).returncode
     assert code == 64 and not marker.exists()
+
+
+def test_links_planted_inside_staging_or_the_live_release_are_never_followed(sshd_farm, tmp_path: Path) -> None:
+    """Links inside llmtpu's own folders (a cut push's staging, the live release) are not ours either:
+    staging is cleaned of them, and the live release is read without following them."""
+    board = sshd_farm.add("planted")
+    etc = precious(board)
+    (etc / "run.sh").write_text("#!/bin/sh\necho run\n")  # same content as the bundle's deploy/run.sh
+    first = make_bundle(tmp_path, "first", big=1 << 16)
+    assert push(sshd_farm, board, first).status == "deployed"
+    release = live(board).resolve()
+    shutil.rmtree(release / "deploy")
+    os.symlink(etc, release / "deploy")  # the live release now reaches /etc through deploy/
+    second = make_bundle(tmp_path, "second", big=1 << 16, seed=2)
+    staging = dest_of(board) / "releases" / f".staging-{release_prefix(load_manifest(second))}"
+    (staging / "models").mkdir(parents=True)
+    os.symlink(etc, staging / "deploy")
+    os.symlink(etc / "passwd", staging / "models" / "qwen")
+    result = push(sshd_farm, board, second)
+    assert result.status == "deployed", result.message
+    assert result.files_linked == 0  # nothing hard-linked through the planted deploy/ link
+    assert sorted(os.listdir(etc)) == ["passwd", "run.sh"]
+    assert (etc / "passwd").read_text().startswith("root:x") and os.stat(etc / "run.sh").st_nlink == 1
+    assert (live(board) / "deploy" / "run.sh").read_text() == "#!/bin/sh\necho run\n"
+    assert not (live(board) / "deploy").is_symlink()
