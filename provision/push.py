@@ -411,8 +411,8 @@ class BoardLock:
                         complete = True
                         break
                     lines.append(line)
+            stderr = b"" if complete else self.proc.stderr.read(1 << 16)
         if not complete:
-            stderr = b"" if deadline.expired else self.proc.stderr.read(1 << 16)
             self.release()
             self.session.judge(what, deadline, seconds)
             if answer == b"busy":

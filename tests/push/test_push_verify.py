@@ -10,19 +10,9 @@ import pytest
 
 from llmtpu.provision.bundle import load_manifest
 from llmtpu.provision.push import BoardPush, release_prefix
-from tests.push.helpers import DEST, board_of, live, make_bundle
+from tests.push.helpers import DEST, board_of, board_without_openssl, live, make_bundle
 
 BIG = "models/qwen/qwen.bmodel"
-
-
-def board_without_openssl(sshd_farm, name: str):
-    """A board whose PATH has every tool but openssl (an `openssl` there answers nothing useful)."""
-    shim = sshd_farm.workdir / f"{name}-bin"
-    shim.mkdir()
-    (shim / "openssl").write_text("#!/bin/sh\nexit 127\n")
-    (shim / "openssl").chmod(0o755)
-    command = f'PATH={shim}:/usr/local/bin:/usr/bin:/bin; export PATH; eval "$SSH_ORIGINAL_COMMAND"'
-    return sshd_farm.add(name, extra_config=f"ForceCommand {command}\n")
 
 
 class CorruptBeforeVerify:
