@@ -5,7 +5,9 @@ no-change push no slower than `rsync -e ssh` of the same tree; resume sends only
 bytes; on-board verify about as fast as a plain `sha256sum` over ssh.
 Every llmtpu run is the real command line in a fresh interpreter, timed like the tools it is
 compared with. Files come from the page cache for every tool alike.
-Run: .venv/bin/python benchmarks/push.py [--size-mb 1024] [--boards 8]
+On-board verify (issue 17): `openssl dgst` where the board has it, else `sha256sum`; measured
+interleaved on two boards of the same machine, one without a working openssl.
+Run: .venv/bin/python benchmarks/push.py [--size-mb 1024] [--boards 8] [--verify-rounds 3]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmtpu.provision.bundle import PAYLOAD, collect, create_bundle, load_manifest  # noqa: E402
 from llmtpu.provision.push import BoardPush  # noqa: E402
-from tests.push.helpers import DEST, board_of  # noqa: E402
+from tests.push.helpers import DEST, board_of, board_without_openssl  # noqa: E402
 from tests.push.test_push import CutAfter  # noqa: E402
 from tests.sshd import SshdFarm  # noqa: E402
 
@@ -75,6 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--boards", type=int, default=8)
+    parser.add_argument("--verify-rounds", type=int, default=3, help="interleaved rounds of openssl vs sha256sum")
     args = parser.parse_args()
     size = args.size_mb << 20
     work = Path(tempfile.mkdtemp(prefix="llmtpu-bench-"))
@@ -153,6 +157,21 @@ def main() -> int:
                  ("1 board: ssh sha256sum of the same files", sha_s, "")]
         clean(one, DEST.lstrip("/"))
 
+        plain = board_without_openssl(farm, "no-openssl")
+        verify: dict[str, list[float]] = {"openssl": [], "sha256sum": []}
+        whole: dict[str, list[float]] = {"openssl": [], "sha256sum": []}
+        for _ in range(args.verify_rounds):
+            for b in (one[0], plain):
+                clean([b], DEST.lstrip("/"))
+                result = BoardPush(board_of(farm, b), bundle, manifest, DEST).run()
+                verify[result.verify_tool].append(result.verify_seconds)
+                whole[result.verify_tool].append(result.seconds)
+        clean([one[0], plain], DEST.lstrip("/"))
+        medians = {tool: (statistics.median(verify[tool]), statistics.median(whole[tool])) for tool in verify}
+        rows += [(f"1 board: verify on board, {tool} (median of {args.verify_rounds})", v,
+                  f"range {min(verify[tool]):.3f}-{max(verify[tool]):.3f} s; whole push {w:.3f} s")
+                 for tool, (v, w) in medians.items()]
+
         fleet_scp_s = timed_all([scp(b, "scp", "aes128-gcm@openssh.com") for b in boards])
         clean(boards, "scp")
         fleet_rsync_s = timed_all([rsync(b, "rsync") for b in boards])
@@ -177,6 +196,8 @@ def main() -> int:
             "nochange_push_vs_rsync_time": push_again_s / rsync_again_s,
             "resume_bytes_vs_missing": resumed.bytes_sent / missing if missing else 0.0,
             "verify_vs_sha256sum_time": resumed.verify_seconds / sha_s,
+            "verify_openssl_vs_sha256sum_time": medians["openssl"][0] / medians["sha256sum"][0],
+            "push_openssl_vs_sha256sum_time": medians["openssl"][1] / medians["sha256sum"][1],
             f"fleet{n}_push_vs_scp_gcm_throughput": fleet_scp_s / fleet_push_s,
             f"fleet{n}_push_vs_rsync_throughput": fleet_rsync_s / fleet_push_s,
         }

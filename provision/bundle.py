@@ -22,6 +22,7 @@ import stat as statmod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 SCHEMA = "llmtpu.bundle/1"
 MANIFEST = "manifest.json"
@@ -97,12 +98,79 @@ def check_relative(path: str, what: str = "path") -> str:
 
 
 def check_link(path: str, target: str) -> None:
-    """A link is kept only when it resolves inside the bundle (relative, never climbing out)."""
+    """A link target must be plain text (no control characters) and relative, never climbing out."""
+    if not target or any(ord(c) < 32 or ord(c) == 127 for c in target):
+        raise BundleError(f"link {path!r} -> {target!r}: the target is empty or holds a control character "
+                          "(newline, tab, ...); rename the target in the tree and rebuild the bundle")
     if target.startswith("/"):
         raise BundleError(f"link {path!r} -> {target!r} points outside the bundle (absolute target)")
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if resolved == ".." or resolved.startswith("../"):
         raise BundleError(f"link {path!r} -> {target!r} points outside the bundle")
+
+
+#: The kernel's own limit on links followed while resolving one path (ELOOP).
+MAX_LINK_HOPS = 40
+
+
+def check_link_set(files: Iterable[str], links: Sequence[LinkEntry]) -> None:
+    """Resolve every link as the board will, through the other links of the bundle, and refuse escapes.
+
+    A lexical check of each link alone is not enough: ``a/up -> ..`` then ``a/up/a/up/x -> ../../..``
+    each look inside, yet the second climbs above the release. So no entry may sit under a link of
+    the bundle (the board would write through it), and each target is walked component by
+    component, following in-bundle links, never above the bundle's root.
+    """
+    targets = {link.path: link.target for link in links}
+    for path in [*files, *targets]:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            above = "/".join(parts[:depth])
+            if above in targets:
+                raise BundleError(f"{path!r} sits under the link {above!r} -> {targets[above]!r}; "
+                                  "a bundle entry may not be reached through a link, rebuild without it")
+    for link in links:
+        check_link(link.path, link.target)
+        resolve_link(link, targets)
+
+
+def resolve_link(link: LinkEntry, targets: dict[str, str]) -> list[str]:
+    """The bundle path a link ends at, as folder names; BundleError when it climbs out or loops."""
+    where = link.path.split("/")[:-1]
+    pending = link.target.split("/")
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if not where:
+                raise BundleError(f"link {link.path!r} -> {link.target!r} points outside the bundle "
+                                  "(through the bundle's other links)")
+            where.pop()
+            continue
+        where.append(name)
+        here = "/".join(where)
+        if here in targets:
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise BundleError(f"link {link.path!r} -> {link.target!r} loops through other links; "
+                                  "rebuild the bundle without the loop")
+            where.pop()
+            pending = targets[here].split("/") + pending
+            if targets[here].startswith("/"):
+                raise BundleError(f"link {link.path!r} -> {link.target!r} goes through {here!r} -> "
+                                  f"{targets[here]!r}, outside the bundle")
+    return where
+
+
+def check_mode(path: str, mode: object) -> int:
+    """Only permission bits travel: no setuid/setgid/sticky, no world-writable file, nothing out of range."""
+    if type(mode) is not int or not 0 <= mode <= 0o777 or mode & 0o002:
+        shown = f"0o{mode:o}" if type(mode) is int and mode >= 0 else repr(mode)
+        raise BundleError(f"file {path!r} has mode {shown}: only permission bits up to 0o775 (no setuid, "
+                          "setgid, sticky or world-writable) are deployed; chmod it and rebuild the bundle")
+    return mode
 
 
 def hash_file(path: Path, progress: Progress | None = None, limit: int | None = None) -> str:
@@ -210,9 +278,11 @@ def create_bundle(
             check_link(source.path, target)
             links.append(LinkEntry(source.path, target))
         elif statmod.S_ISREG(st.st_mode):
+            check_mode(source.path, statmod.S_IMODE(st.st_mode))
             plan.append((source, st))
         else:
             raise BundleError(f"{source.origin}: not a regular file or link; remove it from the tree")
+    check_link_set([source.path for source, _ in plan], links)
     if start:
         start(sum(st.st_size for _, st in plan))
     payload = out / PAYLOAD
@@ -242,33 +312,60 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def load_manifest(out: Path) -> Manifest:
-    """Read and check the manifest: schema, safe paths, and its digest over its own content."""
+    """Read and check the manifest: schema, field types, safe paths, links and modes, and its own digest.
+
+    Everything the board will be told (names, link targets, modes) is checked here, before
+    anything is sent.
+    """
     path = out / MANIFEST
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise BundleError(f"{path}: no manifest; build the bundle with `llmtpu bundle create`") from exc
+    except RecursionError as exc:
+        raise BundleError(f"{path}: unreadable manifest (nested too deeply); rebuild the bundle") from exc
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: unreadable manifest ({exc}); rebuild the bundle") from exc
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise BundleError(f"{path}: not a {SCHEMA} manifest; rebuild the bundle")
     try:
-        files = tuple(
-            FileEntry(check_relative(str(f["path"])), int(f["size"]), str(f["sha256"]), int(f["mode"]))
-            for f in raw["files"]
-        )
-        links = tuple(LinkEntry(check_relative(str(x["path"]), "link"), str(x["target"])) for x in raw["links"])
-        manifest = Manifest(files, links, raw.get("model"), raw.get("arch"), str(raw["digest"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path}: malformed manifest ({exc}); rebuild the bundle") from exc
-    for link in links:
-        check_link(link.path, link.target)
-    if manifest.computed_digest() != manifest.digest:
-        raise BundleError(f"{path}: manifest digest mismatch (edited after it was built); rebuild the bundle")
+        files = tuple(file_entry(f) for f in typed(raw, "files", list))
+        links = tuple(LinkEntry(check_relative(typed(x, "path", str), "link"), typed(x, "target", str))
+                      for x in typed(raw, "links", list))
+        labels = [raw.get(key) for key in ("model", "arch")]
+        if any(label is not None and not isinstance(label, str) for label in labels):
+            raise BundleError("model and arch must be text")
+        manifest = Manifest(files, links, labels[0], labels[1], typed(raw, "digest", str))
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}; rebuild the bundle") from exc
     seen = [f.path for f in files] + [x.path for x in links]
     if len(set(seen)) != len(seen):
         raise BundleError(f"{path}: a path is listed twice; rebuild the bundle")
+    try:
+        check_link_set([f.path for f in files], links)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    if manifest.computed_digest() != manifest.digest:
+        raise BundleError(f"{path}: manifest digest mismatch (edited after it was built); rebuild the bundle")
     return manifest
+
+
+def typed(record: object, key: str, kind: type) -> Any:
+    """record[key] when it is of the kind the schema says, else one line naming the field."""
+    if not isinstance(record, dict) or key not in record:
+        raise BundleError(f"malformed manifest (an entry has no {key!r})")
+    value = record[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BundleError(f"malformed manifest ({key!r} is {type(value).__name__}, not {kind.__name__})")
+    return value
+
+
+def file_entry(record: object) -> FileEntry:
+    path = check_relative(typed(record, "path", str))
+    size, sha256 = typed(record, "size", int), typed(record, "sha256", str)
+    if size < 0 or len(sha256) != 64 or sha256.strip("0123456789abcdef"):
+        raise BundleError(f"file {path!r}: size {size} or sha256 {sha256[:70]!r} is not valid")
+    return FileEntry(path, size, sha256, check_mode(path, record.get("mode") if isinstance(record, dict) else None))
 
 
 @dataclass(frozen=True)
@@ -294,7 +391,7 @@ def remember_verified(out: Path, manifest: Manifest) -> None:
 def verified_cache(out: Path, manifest: Manifest) -> dict[str, list[int]]:
     try:
         raw = json.loads((out / VERIFIED_CACHE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(raw, dict) or raw.get("digest") != manifest.digest or not isinstance(raw.get("files"), dict):
         return {}

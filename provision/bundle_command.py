@@ -78,9 +78,10 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from llmtpu.provision.bundle import BundleError, verify_bundle
+    from llmtpu.provision.bundle import BundleError, load_manifest, verify_bundle
 
     try:
+        load_manifest(args.out)  # a refused manifest is one line, before any progress bar is drawn
         with byte_bar(not args.json, "verifying") as (start, advance):
             result = verify_bundle(args.out, rehash=True, start=start, progress=advance)
     except BundleError as exc:

@@ -6,7 +6,7 @@ moved by sendfile(2)) into the board's ``tar``; resumed files go through ``cat >
 OpenSSH speed, where paramiko's SFTP loop is CPU-bound in Python (paramiko#1660; see
 benchmarks/push.py). Host keys are always checked (StrictHostKeyChecking=yes, never added).
 Round trips are few: the lock and the state query share one command, the hash check on the
-board (``sha256sum -c``, reading from disk) and the flip share another.
+board (``openssl dgst`` or ``sha256sum``, reading from disk) and the flip share another.
 
 Layout under DEST on the board (``/data/llmtpu`` by default)::
 
@@ -25,14 +25,16 @@ whose files still match the stamp (the same quick check rsync makes) does nothin
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,11 +46,16 @@ DEFAULT_DEST = "/data/llmtpu"
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
 #: sysexits EX_TEMPFAIL: the board's lock is held by another push.
 EXIT_BUSY = 75
-STAT_FORMAT = "%s %Y %i %n"
+#: The slowest disk, hash or link rate (bytes/s) a step may run at before its deadline passes.
+SLOWEST_RATE = 4 << 20
 
 
 class BoardError(Exception):
     """One board failed; the message is one line naming the board's problem and what to do."""
+
+
+class DiskFull(BoardError):
+    """The board ran out of space while receiving; the push says how much is free and needed."""
 
 
 @dataclass(frozen=True)
@@ -129,10 +136,13 @@ def remote_command(script: str, args: Sequence[str]) -> str:
 
 def explain(board: Board, what: str, stderr: str) -> BoardError:
     """Turn ssh/tar/shell stderr into one actionable line."""
+    for line in stderr.splitlines():
+        if line.startswith("@refuse "):
+            return BoardError(f"{board.name}: refused: {line[len('@refuse '):]}")
     text = " ".join(stderr.split())[-300:]
     if "No space left" in text:
-        return BoardError(f"{board.name}: disk full on the board while {what}; free space under the "
-                          "destination and push again (the live deployment is untouched)")
+        return DiskFull(f"disk full on {board.name} while {what}; free space under the destination and push "
+                        "again (the live deployment is untouched)")
     if "Host key verification failed" in text or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
         return BoardError(f"{board.name}: host key not trusted; add the board's key to known_hosts "
                           "(ssh-keyscan, checked out of band)")
@@ -141,76 +151,214 @@ def explain(board: Board, what: str, stderr: str) -> BoardError:
     return BoardError(f"{board.name}: failed while {what}: {text or 'connection lost'}")
 
 
-class Session:
-    """One multiplexed OpenSSH connection to a board, owned by this process and closed by PID."""
+class Interrupted(BoardError):
+    """SIGINT/SIGTERM arrived before this board's push finished; a rerun resumes it."""
 
-    def __init__(self, board: Board) -> None:
+
+def kill_quietly(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+class Cancel:
+    """Set on SIGINT/SIGTERM: every ssh process of the pushes in flight is killed and no new step starts.
+
+    ``detached``: the caller turns those signals into :meth:`set`, so ssh processes start in their
+    own session, out of reach of a terminal's Ctrl-C, and are stopped here instead. Without a
+    handler they stay in the caller's process group, where the Ctrl-C stops them as it stops us.
+    """
+
+    def __init__(self, detached: bool = False) -> None:
+        self.detached = detached
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen[bytes]] = set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        with self.lock:
+            self.event.set()
+            procs = list(self.procs)
+        for proc in procs:
+            kill_quietly(proc)
+
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            self.procs.add(proc)
+            if not self.event.is_set():
+                return
+        kill_quietly(proc)
+
+    def finished(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            self.procs.discard(proc)
+
+
+class Deadline:
+    """Kills a process that outlives its step; ``expired`` then says why it died."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], seconds: float) -> None:
+        self.proc = proc
+        self.expired = False
+        self.timer = threading.Timer(seconds, self.expire)
+        self.timer.daemon = True
+
+    def expire(self) -> None:
+        self.expired = True
+        kill_quietly(self.proc)
+
+    def __enter__(self) -> Deadline:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+
+
+def check_board(board: Board) -> None:
+    """A host or login that ssh could read as an option (``-oProxyCommand=...``) never reaches its argv."""
+    for what, value in (("host", board.host), ("user", board.user or "")):
+        if value.startswith("-") or any(c.isspace() or ord(c) < 32 for c in value) or (what == "host" and not value):
+            raise BoardError(f"{value!r}: not a valid {what} name for ssh; fix the inventory or --hosts")
+
+
+class Session:
+    """One multiplexed OpenSSH connection to a board, owned by this process and closed by PID.
+
+    Every remote step runs under a deadline (``timeout`` plus time for the bytes it moves) and
+    under ``cancel``, which stops its ssh processes; closing always removes the llmtpu-ssh-* folder.
+    """
+
+    def __init__(self, board: Board, timeout: float = 60, cancel: Cancel | None = None) -> None:
+        check_board(board)
         self.board = board
+        self.timeout = timeout
+        self.cancel = cancel or Cancel()
         self.workdir = Path(tempfile.mkdtemp(prefix="llmtpu-ssh-"))
         self.socket = str(self.workdir / "mux")
         self.master: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Session:
-        log = open(self.workdir / "master.log", "wb")  # noqa: SIM115 - closed right below
-        with log:
+        try:
+            self.connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def connect(self) -> None:
+        self.check_cancel("connecting")
+        with open(self.workdir / "master.log", "wb") as log:
             self.master = subprocess.Popen(
                 ["ssh", *self.board.ssh_options(), "-o", "ControlMaster=yes", "-o", f"ControlPath={self.socket}",
                  "-N", self.board.host],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=self.cancel.detached)
+        self.cancel.started(self.master)
+        deadline = time.monotonic() + self.timeout
         while not os.path.exists(self.socket):
-            if self.master.poll() is not None or time.monotonic() > deadline:
-                message = (self.workdir / "master.log").read_text(errors="replace")
-                self.close()
-                raise explain(self.board, "connecting", message)
+            self.check_cancel("connecting")
+            if self.master.poll() is not None:
+                raise explain(self.board, "connecting", (self.workdir / "master.log").read_text(errors="replace"))
+            if time.monotonic() > deadline:
+                raise self.timed_out("connecting", self.timeout)
             time.sleep(0.005)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        if self.master is not None and self.master.poll() is None:
-            self.master.terminate()
-            try:
-                self.master.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.master.kill()
-                self.master.wait()
+        if self.master is not None:
+            if self.master.poll() is None:
+                self.master.terminate()
+                try:
+                    self.master.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.master.kill()
+                    self.master.wait()
+            self.cancel.finished(self.master)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def argv(self, script: str, args: Sequence[str]) -> list[str]:
         return ["ssh", *self.board.ssh_options(), "-o", "ControlMaster=no", "-o", f"ControlPath={self.socket}",
                 self.board.host, remote_command(script, args)]
 
-    def run(self, what: str, script: str, args: Sequence[str], stdin: bytes = b"", timeout: float = 3600,
-            allowed: tuple[int, ...] = (0,)) -> str:
-        proc = subprocess.run(self.argv(script, args), input=stdin, capture_output=True, timeout=timeout)
-        if proc.returncode not in allowed:
-            raise explain(self.board, what, proc.stderr.decode(errors="replace"))
-        return proc.stdout.decode(errors="replace")
+    def deadline(self, nbytes: int = 0) -> float:
+        """Seconds a step may take: the board's answer time plus its bytes at the slowest rate we accept."""
+        return self.timeout + nbytes / SLOWEST_RATE
 
-    def stream(self, what: str, script: str, args: Sequence[str], feed: Callable[[int], None]) -> None:
-        """Run a remote command and let ``feed`` write its stdin (a pipe fd); errors become BoardError."""
-        err = open(self.workdir / "stream.err", "w+b")  # noqa: SIM115 - closed in finally
-        proc = subprocess.Popen(self.argv(script, args), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=err)
-        assert proc.stdin is not None
+    def check_cancel(self, what: str) -> None:
+        if self.cancel.is_set():
+            raise Interrupted(f"{self.board.name}: interrupted while {what}; run the same command again to resume")
+
+    def timed_out(self, what: str, seconds: float) -> BoardError:
+        return BoardError(f"{self.board.name}: timed out after {seconds:.0f} s while {what}: the board took the "
+                          "login but did not answer; check its load and login shell, then run again")
+
+    def spawn(self, what: str, script: str, args: Sequence[str], **popen: object) -> subprocess.Popen[bytes]:
+        self.check_cancel(what)
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            self.argv(script, args), start_new_session=self.cancel.detached, **popen)
+        self.cancel.started(proc)
+        return proc
+
+    def reap(self, proc: subprocess.Popen[bytes]) -> None:
+        kill_quietly(proc)
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        self.cancel.finished(proc)
+
+    def judge(self, what: str, deadline: Deadline, seconds: float) -> None:
+        """Why a step died, when it was not the board's own answer: our deadline or an interrupt."""
+        if deadline.expired:
+            raise self.timed_out(what, seconds)
+        self.check_cancel(what)
+
+    def run(self, what: str, script: str, args: Sequence[str], stdin: bytes = b"", nbytes: int = 0,
+            allowed: tuple[int, ...] = (0,)) -> str:
+        seconds = self.deadline(nbytes)
+        proc = self.spawn(what, script, args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
+            with Deadline(proc, seconds) as deadline:
+                out, err = proc.communicate(stdin)
+        finally:
+            self.reap(proc)
+        if proc.returncode not in allowed:
+            self.judge(what, deadline, seconds)
+            raise explain(self.board, what, err.decode(errors="replace"))
+        return out.decode(errors="replace")
+
+    def stream(self, what: str, script: str, args: Sequence[str], feed: Callable[[int], None],
+               nbytes: int = 0) -> None:
+        """Run a remote command and let ``feed`` write its stdin (a pipe fd); errors become BoardError."""
+        seconds = self.deadline(nbytes)
+        with open(self.workdir / "stream.err", "w+b") as err:
+            proc = self.spawn(what, script, args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+            assert proc.stdin is not None
             try:
-                feed(proc.stdin.fileno())
-                proc.stdin.close()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            code = proc.wait()
+                with Deadline(proc, seconds) as deadline:
+                    try:
+                        feed(proc.stdin.fileno())
+                        proc.stdin.close()
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    code = proc.wait()
+            finally:
+                self.reap(proc)
             err.seek(0)
             message = err.read().decode(errors="replace")
-        finally:
-            err.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         if code != 0:
+            self.judge(what, deadline, seconds)
             raise explain(self.board, what, message)
 
 
@@ -239,32 +387,38 @@ class BoardLock:
     command, so a push that finds nothing to do costs one round trip.
     """
 
-    def __init__(self, session: Session, dest: str, staging: str = "", paths: Sequence[str] = ()) -> None:
+    def __init__(self, session: Session, dest: str, staging: str = "") -> None:
         self.session = session
         self.dest = dest
-        self.args = [dest, staging or ".", "".join(f"{p}\n" for p in paths)]
+        self.args = [dest, staging or "."]
         self.proc: subprocess.Popen[bytes] | None = None
         self.state_text = ""
 
     def __enter__(self) -> BoardLock:
-        self.proc = subprocess.Popen(self.session.argv(LOCK_AND_QUERY, self.args), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        answer = self.proc.stdout.readline().strip()
-        if answer != b"locked":
+        what = "taking the push lock"
+        self.proc = self.session.spawn(what, LOCK_AND_QUERY, self.args, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        seconds = self.session.deadline()
+        lines: list[str] = []
+        complete = False
+        with Deadline(self.proc, seconds) as deadline:
+            answer = self.proc.stdout.readline().strip()
+            if answer == b"locked":
+                for raw in self.proc.stdout:
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    if line == "@end":
+                        complete = True
+                        break
+                    lines.append(line)
+            stderr = b"" if complete else self.proc.stderr.read(1 << 16)
+        if not complete:
             self.release()
-            assert self.proc.stderr is not None
-            stderr = self.proc.stderr.read().decode(errors="replace")
+            self.session.judge(what, deadline, seconds)
             if answer == b"busy":
                 raise BoardError(f"{self.session.board.name}: another push holds {self.dest}/.lock; wait for it "
                                  "to finish, then push again")
-            raise explain(self.session.board, "taking the push lock", stderr)
-        lines = []
-        for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            if line == "@end":
-                break
-            lines.append(line)
+            raise explain(self.session.board, what, stderr.decode(errors="replace"))
         self.state_text = "\n".join(lines)
         return self
 
@@ -282,105 +436,185 @@ class BoardLock:
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            pass
+        self.session.reap(self.proc)
+        self.proc = None
 
 
-LOCK_AND_QUERY = f"""
-mkdir -p -- "$1" && exec 9>>"$1/.lock" || exit 70
-flock -n 9 || {{ echo busy; exit 75; }}
+#: Shell functions every board-side script starts with. A name under DEST that llmtpu did not make
+#: (a link where a folder or file should be, a current/previous pointing anywhere but a release
+#: folder) stops the script with "@refuse <one line>" on stderr and exit 73; nothing is followed.
+GUARD = r"""
+export LC_ALL=C
+refuse() { printf '@refuse %s\n' "$*" >&2; exit 73; }
+own_dir() {
+  if [ -L "$1" ] || { [ -e "$1" ] && [ ! -d "$1" ]; }; then
+    refuse "$PWD/$1 is a link or not a folder, which llmtpu never makes: move it away, then run again"
+  fi
+  if [ ! -d "$1" ]; then mkdir -- "$1" || exit 70; fi
+}
+release_of() {
+  r=
+  if [ ! -L "$1" ]; then
+    if [ -e "$1" ]; then refuse "$PWD/$1 is not a link made by llmtpu: move it away, then run again"; fi
+    return 0
+  fi
+  t=$(readlink -- "$1")
+  n=${t#releases/}
+  case $n in ''|.*|*[!a-zA-Z0-9._-]*) n= ;; esac
+  if [ -z "$n" ] || [ "releases/$n" != "$t" ]; then
+    refuse "$PWD/$1 does not point to a release folder under $PWD/releases: remove the link, then run again"
+  fi
+  if [ -d "$t" ] && [ ! -L "$t" ]; then r=$t; fi
+}
+new_link() {
+  if [ -L "$2" ]; then rm -f -- "$2"
+  elif [ -e "$2" ]; then refuse "$PWD/$2 is in the way (llmtpu makes it as a link): move it away, then run again"
+  fi
+  ln -s -- "$1" "$2" && mv -Tf -- "$2" "$3"
+}
+list_files() {
+  find -P "$1" -name '*[[:cntrl:]]*' -prune -o -type f -printf '%s %T@ %i %P\n'
+}
+"""
+
+LOCK_AND_QUERY = GUARD + r"""
+mkdir -p -- "$1" && cd -- "$1" || exit 70
+if [ -L .lock ] || { [ -e .lock ] && [ ! -f .lock ]; }; then
+  refuse "$PWD/.lock is a link or not a file, which llmtpu never makes: remove it, then run again"
+fi
+exec 9>>.lock || exit 70
+flock -n 9 || { echo busy; exit 75; }
+own_dir releases
+release_of current; cur=$r
+release_of previous; prev=$r
+if [ "$2" != . ]; then
+  if [ -L "$2" ] || { [ -e "$2" ] && [ ! -d "$2" ]; }; then
+    refuse "$PWD/$2 is a link or not a folder, which llmtpu never makes: remove it, then push again"
+  fi
+  if [ -d "$2" ]; then find -P "$2" -mindepth 1 ! -type d ! -type f -exec rm -f -- {} + || exit 70; fi
+fi
 echo locked
-l=$(mktemp) || exit 70
-printf '%s' "$3" | tr '\\n' '\\000' > "$l"
-cd -- "$1" || exit 70
-echo "@current $(readlink current 2>/dev/null)"
-echo "@previous $(readlink previous 2>/dev/null)"
+echo "@current $cur"
+echo "@previous $prev"
 echo "@df $(df -Pk . | tail -n 1)"
 echo "@stamp"
-cat current/.llmtpu/stamp 2>/dev/null
+if [ -n "$cur" ] && [ ! -L "$cur/.llmtpu" ] && [ ! -L "$cur/.llmtpu/stamp" ] && [ -f "$cur/.llmtpu/stamp" ]; then
+  cat -- "$cur/.llmtpu/stamp"
+fi
 echo "@staging"
-[ -d "$2" ] && (cd -- "$2" && xargs -0 -r stat -c '{STAT_FORMAT}' -- < "$l" 2>/dev/null)
+if [ "$2" != . ] && [ -d "$2" ]; then list_files "$2"; fi
 echo "@live"
-[ -d current ] && (cd current && xargs -0 -r stat -c '{STAT_FORMAT}' -- < "$l" 2>/dev/null)
-rm -f "$l"
+if [ -n "$cur" ]; then list_files "$cur"; fi
 echo "@end"
 exec cat >/dev/null
 """
 
-HASH = """
+#: stdin: NUL-separated records of four fields (F|P, prefix size, folder, path); prints "sha256 folder path".
+HASH = r"""
 cd -- "$1" || exit 70
-while read -r kind size dir path; do
-  if [ "$kind" = P ]; then h=$(head -c "$size" -- "$dir/$path" | sha256sum) || exit 71
-  else h=$(sha256sum < "$dir/$path") || exit 71; fi
-  printf '%s %s %s\\n' "${h%% *}" "$dir" "$path"
-done
+exec xargs -0 -r -n 4 sh -c '
+f=$2/$3
+if [ -L "$f" ] || [ ! -f "$f" ]; then exit 0; fi
+if [ "$0" = P ]; then h=$(head -c "$1" -- "$f" | sha256sum) || exit 255
+else h=$(sha256sum < "$f") || exit 255; fi
+printf "%s %s %s\n" "${h%% *}" "$2" "$3"'
 """
 
-RECEIVE_TAR = """
-cd -- "$1" && mkdir -p -- "$2/.llmtpu" && cd -- "$2" || exit 70
-printf '%s' "$3" | while read -r kind path; do
-  case $kind in
-    R) rm -f -- "$path" || exit 71 ;;
-    L) mkdir -p -- "$(dirname -- "$path")" && rm -f -- "$path" &&
-       { ln -- "$1/current/$path" "$path" 2>/dev/null || cp -p -- "$1/current/$path" "$path"; } || exit 71 ;;
-  esac
-done || exit 71
-[ "$4" = send ] || exit 0
+#: $3 paths to remove and $4 paths to hard-link from the live release $5 (one per line: the bundle's
+#: names hold no control characters), then the tar stream when $6 is "send".
+RECEIVE_TAR = GUARD + r"""
+cd -- "$1" || exit 70
+own_dir releases
+if [ -L "$2" ]; then refuse "$PWD/$2 is a link, which llmtpu never makes: remove it, then push again"; fi
+mkdir -p -- "$2/.llmtpu" && cd -- "$2" || exit 70
+printf '%s' "$3" | tr '\n' '\0' | xargs -0 -r rm -f -- || exit 71
+printf '%s' "$4" | tr '\n' '\0' | xargs -0 -r -n 1 sh -c '
+  mkdir -p -- "$(dirname -- "$1")" && rm -f -- "$1" && { ln -- "$0/$1" "$1" 2>/dev/null || cp -p -P -- "$0/$1" "$1"; }
+' "$1/$5" || exit 71
+[ "$6" = send ] || exit 0
 exec tar -x -o -f -
 """
-RESUME = 'cd -- "$1/$2" && exec cat >> "$3"'
+RESUME = r'cd -- "$1/$2" && if [ -L "$3" ] || [ ! -f "$3" ]; then exit 71; fi && exec cat >> "$3"'
 
-#: $4 is the newline-separated file list, $5 the links ("target<TAB>path" lines), then "MODE<LF>paths" groups.
-VERIFY_AND_FLIP = f"""
+#: $4 the file list, $5 the links ("target" and "path" lines in turn), then "MODE<LF>paths" groups;
+#: stdin is "SHA256 *./PATH" per file, sorted bytewise. Names hold no control characters (bundle verify).
+#: The hash is `openssl dgst` where the board has a working one (several times faster than
+#: sha256sum, files spread over the board's cores), else `sha256sum -c`; a mismatch is named by
+#: `sha256sum -c` either way.
+VERIFY_AND_FLIP = GUARD + r"""
 set -e
 dest=$1 staging=$2 release=$3 list=$4 links=$5
 shift 5
 cd -- "$dest"
+own_dir releases
+if [ -L "$staging" ] || [ ! -d "$staging" ]; then refuse "$PWD/$staging is missing or a link: push again"; fi
 started=$(date +%s.%N)
-if ! (cd -- "$staging" && sha256sum -c --quiet --strict -); then echo "@mismatch"; exit 72; fi
+cd -- "$staging"
+cat > .llmtpu/expected
+printf '%s' "$list" | tr '\n' '\0' > .llmtpu/list
+empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+if [ "$(printf '' | openssl dgst -sha256 -r 2>/dev/null)" = "$empty *stdin" ]; then
+  printf '%s' "$list" | sed 's|^|./|' | tr '\n' '\0' |
+    xargs -0 -r -P "$(nproc 2>/dev/null || echo 2)" -n 4 openssl dgst -sha256 -r | sort > .llmtpu/got || true
+  if ! cmp -s .llmtpu/expected .llmtpu/got; then
+    sha256sum -c --quiet --strict .llmtpu/expected || true
+    echo "@mismatch"; exit 72
+  fi
+  echo "@hash openssl"
+elif sha256sum -c --quiet --strict .llmtpu/expected; then echo "@hash sha256sum"
+else echo "@mismatch"; exit 72
+fi
+rm -f .llmtpu/expected .llmtpu/got
+cd -- "$dest"
 echo "@verify $started $(date +%s.%N)"
-printf '%s' "$list" | tr '\\n' '\\000' > "$staging/.llmtpu/list"
-printf '%s' "$links" | while IFS="$(printf '\\t')" read -r target path; do
-  mkdir -p -- "$(dirname -- "$staging/$path")"; ln -sfn -- "$target" "$staging/$path"
-done
+printf '%s' "$links" | tr '\n' '\0' | (cd -- "$staging" && xargs -0 -r -n 2 sh -c '
+  mkdir -p -- "$(dirname -- "$1")" && ln -sfn -- "$0" "$1"')
 for group in "$@"; do
-  mode=${{group%%"
-"*}}
-  printf '%s' "${{group#*"
-"}}" | (cd -- "$staging" && tr '\\n' '\\000' | xargs -0 -r chmod -- "$mode")
+  mode=${group%%"
+"*}
+  printf '%s' "${group#*"
+"}" | (cd -- "$staging" && tr '\n' '\0' | xargs -0 -r chmod -- "$mode")
 done
 (cd -- "$staging" && xargs -0 -r sync -- < .llmtpu/list) || sync
 mv -T -- "$staging" "$release"
-old=$(readlink current || true)
-ln -sfn -- "$release" .current.new && mv -Tf -- .current.new current
-if [ -n "$old" ] && [ "$old" != "$release" ]; then
-  ln -sfn -- "$old" .previous.new && mv -Tf -- .previous.new previous
-fi
-prev=$(readlink previous || true)
-for r in releases/*; do
-  if [ "$r" != "$release" ] && [ "$r" != "$prev" ]; then rm -rf -- "$r"; fi
+release_of current; old=$r
+new_link "$release" .current.new current
+if [ -n "$old" ] && [ "$old" != "$release" ]; then new_link "$old" .previous.new previous; fi
+release_of previous; prev=$r
+for r in releases/* releases/.[!.]* releases/..?*; do
+  if [ -e "$r" ] || [ -L "$r" ]; then
+    if [ "$r" != "$release" ] && [ "$r" != "$prev" ]; then rm -rf -- "$r"; fi
+  fi
 done
-cd -- "$release" && xargs -0 -r stat -c '{STAT_FORMAT}' -- < .llmtpu/list > .llmtpu/stamp.new
+cd -- "$release"
+list_files . > .llmtpu/stamp.new
 mv -f .llmtpu/stamp.new .llmtpu/stamp
 sync -- .llmtpu/stamp "$dest/current" 2>/dev/null || sync
 echo "@previous $old"
 """
 
-RESTAMP = f"""
-cd -- "$1/current" && mkdir -p .llmtpu && tr '\\n' '\\000' > .llmtpu/list &&
-xargs -0 -r stat -c '{STAT_FORMAT}' -- < .llmtpu/list > .llmtpu/stamp.new && mv -f .llmtpu/stamp.new .llmtpu/stamp
+RESTAMP = GUARD + r"""
+cd -- "$1" || exit 70
+release_of current
+if [ -z "$r" ] || [ "$r" != "$2" ]; then refuse "$PWD/current changed during the push: push again"; fi
+cd -- "$r" && own_dir .llmtpu
+list_files . > .llmtpu/stamp.new && mv -f .llmtpu/stamp.new .llmtpu/stamp
 """
 
-ROLLBACK = """
+ROLLBACK = GUARD + r"""
 set -e
 cd -- "$1"
-cur=$(readlink current || true)
-prev=$(readlink previous || true)
-if [ -z "$prev" ] || [ ! -d "$prev" ]; then echo "@noprevious"; exit 0; fi
-ln -sfn -- "$prev" .current.new && mv -Tf -- .current.new current
-if [ -n "$cur" ]; then ln -sfn -- "$cur" .previous.new && mv -Tf -- .previous.new previous; fi
+release_of current; cur=$r
+release_of previous; prev=$r
+if [ -z "$prev" ]; then echo "@noprevious"; exit 0; fi
+new_link "$prev" .current.new current
+if [ -n "$cur" ]; then new_link "$cur" .previous.new previous; fi
 echo "@current $prev"
 """
+
+#: The only form of a release folder llmtpu makes (and the board scripts accept): releases/NAME.
+RELEASE_NAME = re.compile(r"releases/[a-zA-Z0-9_-][a-zA-Z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -394,8 +628,9 @@ def parse_stats(lines: Sequence[str]) -> dict[str, RemoteFile]:
     stats = {}
     for line in lines:
         fields = line.split(" ", 3)
-        if len(fields) == 4 and fields[0].isdigit():
-            stats[fields[3]] = RemoteFile(int(fields[0]), int(fields[1]), int(fields[2]))
+        mtime = fields[1].partition(".")[0] if len(fields) == 4 else ""
+        if len(fields) == 4 and fields[0].isdigit() and mtime.lstrip("-").isdigit() and fields[2].isdigit():
+            stats[fields[3]] = RemoteFile(int(fields[0]), int(mtime), int(fields[2]))
     return stats
 
 
@@ -425,14 +660,16 @@ class BoardState:
                 sections[section].append(line)
         df = values.get("@df", "").split()
         free = int(df[3]) * 1024 if len(df) >= 4 and df[3].isdigit() else -1
-        return cls(values.get("@current", ""), values.get("@previous", ""), free,
+        current, previous = (values.get(key, "") for key in ("@current", "@previous"))
+        return cls(current if RELEASE_NAME.fullmatch(current) else "",
+                   previous if RELEASE_NAME.fullmatch(previous) else "", free,
                    parse_stats(sections["@stamp"]), parse_stats(sections["@staging"]), parse_stats(sections["@live"]))
 
 
 @dataclass
 class BoardResult:
     board: str
-    status: str  # deployed, unchanged, failed
+    status: str  # deployed, unchanged, rolled-back, failed, interrupted
     release: str = ""
     previous: str = ""
     bytes_sent: int = 0
@@ -440,6 +677,7 @@ class BoardResult:
     files_resumed: int = 0
     files_linked: int = 0
     verify_seconds: float = 0.0
+    verify_tool: str = ""  # openssl or sha256sum: what hashed the files on the board
     seconds: float = 0.0
     message: str = ""
 
@@ -469,12 +707,19 @@ def path_list(entries: Sequence[FileEntry]) -> bytes:
     return "".join(f"{entry.path}\n" for entry in entries).encode()
 
 
+def mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
 class BoardPush:
     """Push one bundle to one board: lock, compare, send, verify on the board, flip."""
 
     def __init__(self, board: Board, bundle: Path, manifest: Manifest, dest: str = DEFAULT_DEST,
-                 progress: PushProgress | None = None, checksum: bool = False) -> None:
+                 progress: PushProgress | None = None, checksum: bool = False, timeout: float = 60,
+                 cancel: Cancel | None = None) -> None:
         self.board = board
+        self.timeout = timeout
+        self.cancel = cancel or Cancel()
         self.bundle = bundle
         self.manifest = manifest
         self.dest = board.path(dest)
@@ -487,9 +732,12 @@ class BoardPush:
         started = time.monotonic()
         try:
             self.progress.phase(self.board.name, "connecting")
-            paths = [entry.path for entry in self.manifest.files]
-            with Session(self.board) as session, BoardLock(session, self.dest, self.staging, paths) as lock:
+            with Session(self.board, self.timeout, self.cancel) as session, \
+                    BoardLock(session, self.dest, self.staging) as lock:
                 self.deploy(session, BoardState.parse(lock.state_text))
+        except Interrupted as exc:
+            self.result.status = "interrupted"
+            self.result.message = str(exc)
         except BoardError as exc:
             self.result.status = "failed"
             self.result.message = str(exc)
@@ -510,17 +758,25 @@ class BoardPush:
             return
         plan = self.plan(session, state)
         if live_is_ours and len(plan.link) == len(files):
-            session.run("stamping the live release", RESTAMP, [self.dest], path_list(files))
+            session.run("stamping the live release", RESTAMP, [self.dest, state.current])
             self.result.status, self.result.release = "unchanged", state.current
             self.progress.begin(self.board.name, 0)
             return
         needed = plan.bytes_to_send
         if 0 <= state.free < needed:
-            raise BoardError(f"{self.board.name}: disk full: {needed >> 20} MiB to send, {state.free >> 20} MiB "
-                             f"free under {self.dest}; free space and push again (the live deployment is untouched)")
+            raise self.disk_full(state.free, needed)
         self.progress.begin(self.board.name, needed)
-        self.transfer(session, plan)
+        try:
+            self.transfer(session, plan, state.current)
+        except DiskFull:
+            free = session.run("measuring free space", 'cd -- "$1" && df -Pk . | tail -n 1', [self.dest]).split()
+            raise self.disk_full(int(free[3]) * 1024 if len(free) >= 4 and free[3].isdigit() else 0,
+                                 needed) from None
         self.verify_and_flip(session)
+
+    def disk_full(self, free: int, needed: int) -> BoardError:
+        return BoardError(f"disk full on {self.board.name}: {mib(free)} free, {mib(needed)} needed under "
+                          f"{self.dest}; free space and push again (the live deployment is untouched)")
 
     def quick_match(self, state: BoardState) -> bool:
         """The rsync quick check against the stamp written when the live release was verified."""
@@ -533,19 +789,21 @@ class BoardPush:
     def plan(self, session: Session, state: BoardState) -> Plan:
         """Size first; the board hashes only same-size candidates and the prefixes to resume from."""
         plan = Plan()
-        requests: list[str] = []
+        requests: list[tuple[str, int, str, str]] = []
         for entry in self.manifest.files:
             staged, live = state.staging.get(entry.path), state.live.get(entry.path)
             if staged is not None and staged.size == entry.size:
-                requests.append(f"F 0 {self.staging} {entry.path}")
+                requests.append(("F", 0, self.staging, entry.path))
             elif staged is not None and 0 < staged.size < entry.size:
-                requests.append(f"P {staged.size} {self.staging} {entry.path}")
-            if live is not None and live.size == entry.size:
-                requests.append(f"F 0 current {entry.path}")
+                requests.append(("P", staged.size, self.staging, entry.path))
+            if live is not None and live.size == entry.size and state.current:
+                requests.append(("F", 0, state.current, entry.path))
         hashes: dict[tuple[str, str], str] = {}
         if requests:
             self.progress.phase(self.board.name, "hashing on board")
-            out = session.run("hashing files on the board", HASH, [self.dest], "\n".join(requests).encode() + b"\n")
+            records = b"".join(f"{kind}\0{size}\0{where}\0{path}\0".encode() for kind, size, where, path in requests)
+            out = session.run("hashing files on the board", HASH, [self.dest], records,
+                              nbytes=2 * self.manifest.total_bytes)
             for line in out.splitlines():
                 digest, _, rest = line.partition(" ")
                 where, _, path = rest.partition(" ")
@@ -554,7 +812,7 @@ class BoardPush:
             staged = state.staging.get(entry.path)
             if hashes.get((self.staging, entry.path)) == entry.sha256 and staged and staged.size == entry.size:
                 plan.keep.append(entry)
-            elif hashes.get(("current", entry.path)) == entry.sha256:
+            elif state.current and hashes.get((state.current, entry.path)) == entry.sha256:
                 plan.link.append(entry)
             elif staged is not None and 0 < staged.size < entry.size and \
                     hashes.get((self.staging, entry.path)) == hash_file(self.local(entry), limit=staged.size):
@@ -570,20 +828,21 @@ class BoardPush:
         self.result.bytes_sent += nbytes
         self.progress.advance(self.board.name, nbytes)
 
-    def transfer(self, session: Session, plan: Plan) -> None:
+    def transfer(self, session: Session, plan: Plan, live: str) -> None:
         """Clear and hard-link in the staging folder, then one tar stream of whole files, then resumes."""
-        commands = "".join(f"R {e.path}\n" for e in plan.send) + "".join(f"L {e.path}\n" for e in plan.link)
         self.result.files_linked = len(plan.link)
         self.progress.phase(self.board.name, "sending")
+        sending = sum(e.size for e in plan.send) + sum(e.size for e in plan.link)
         session.stream("sending files", RECEIVE_TAR,
-                       [self.dest, self.staging, commands, "send" if plan.send else "prepare"],
-                       lambda fd: self.write_tar(fd, plan.send))
+                       [self.dest, self.staging, path_list(plan.send).decode(), path_list(plan.link).decode(), live,
+                        "send" if plan.send else "prepare"],
+                       lambda fd: self.write_tar(fd, plan.send), nbytes=sending)
         self.result.files_sent = len(plan.send)
         for entry, offset in plan.resume:
             self.progress.phase(self.board.name, f"resuming {entry.path}")
             session.stream(f"resuming {entry.path}", RESUME, [self.dest, self.staging, entry.path],
                            partial(send_file, path=self.local(entry), offset=offset, size=entry.size,
-                                   advance=self.advance))
+                                   advance=self.advance), nbytes=entry.size - offset)
             self.result.files_resumed += 1
 
     def write_tar(self, fd: int, entries: Sequence[FileEntry]) -> None:
@@ -599,28 +858,30 @@ class BoardPush:
         write_all(fd, bytes(2 * tarfile.BLOCKSIZE))
 
     def verify_and_flip(self, session: Session) -> None:
-        """sha256sum -c on the board, reading back from disk; only a clean check flips `current`."""
+        """The board hashes what it wrote, read back from disk; only a clean check flips `current`."""
         files = self.manifest.files
         self.progress.phase(self.board.name, "verifying on board")
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() // 1000 % 1000000:06d}Z"
         release = f"releases/{release_prefix(self.manifest)}-{stamp}"
-        links = "".join(f"{link.target}\t{link.path}\n" for link in self.manifest.links)
+        links = "".join(f"{link.target}\n{link.path}\n" for link in self.manifest.links)
         groups: dict[int, list[str]] = {}
         for entry in files:
             groups.setdefault(entry.mode, []).append(entry.path)
         modes = [f"{mode:o}\n" + "".join(f"{p}\n" for p in paths) for mode, paths in groups.items()]
-        sums = "".join(f"{e.sha256}  {e.path}\n" for e in files).encode()
+        sums = "".join(sorted(f"{e.sha256} *./{e.path}\n" for e in files)).encode()
         out = session.run("verifying and switching the release", VERIFY_AND_FLIP,
                           [self.dest, self.staging, release, path_list(files).decode(), links, *modes],
-                          sums, allowed=(0, 72))
+                          sums, nbytes=self.manifest.total_bytes, allowed=(0, 72))
         if "@mismatch" in out:
-            bad = [line.rsplit(": ", 1)[0] for line in out.splitlines() if ": FAILED" in line]
+            bad = [line.rsplit(": ", 1)[0][2:] for line in out.splitlines() if ": FAILED" in line]
             raise BoardError(f"{self.board.name}: {len(bad)} file(s) differ on the board after sending "
                              f"({', '.join(bad[:3])}); push again to re-send them")
         for line in out.splitlines():
             word, _, rest = line.partition(" ")
             if word == "@previous":
                 self.result.previous = rest
+            elif word == "@hash":
+                self.result.verify_tool = rest
             elif word == "@verify" and len(rest.split()) == 2:
                 begin, end = rest.split()
                 self.result.verify_seconds = round(float(end) - float(begin), 3)
@@ -656,29 +917,49 @@ def verified_manifest(bundle: Path) -> Manifest:
     return checked.manifest
 
 
+#: Called with each board's result as soon as that board is done (from a worker thread).
+Report = Callable[[BoardResult], None]
+
+
+def run_fleet(jobs: Sequence[Callable[[], BoardResult]], parallel: int, report: Report | None) -> list[BoardResult]:
+    """Run one job per board, at most ``parallel`` at once; report each result as it lands, return them in order."""
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        futures = {pool.submit(job): index for index, job in enumerate(jobs)}
+        results: dict[int, BoardResult] = {}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if report:
+                report(results[futures[future]])
+    return [results[index] for index in range(len(jobs))]
+
+
 def push_fleet(bundle: Path, boards: Sequence[Board], dest: str = DEFAULT_DEST, parallel: int = 8,
-               progress: PushProgress | None = None, checksum: bool = False) -> list[BoardResult]:
+               progress: PushProgress | None = None, checksum: bool = False, timeout: float = 60,
+               cancel: Cancel | None = None, report: Report | None = None) -> list[BoardResult]:
     """Verify the bundle locally, then push it to every board, at most ``parallel`` at a time.
 
-    A board that fails reports why and never stops the others.
+    A board that fails, hangs past ``timeout`` or is interrupted reports why and never stops the others.
     """
     manifest = verified_manifest(bundle)
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = [pool.submit(BoardPush(board, bundle, manifest, dest, progress, checksum).run) for board in boards]
-        return [future.result() for future in futures]
+    cancel = cancel or Cancel()
+    jobs = [BoardPush(board, bundle, manifest, dest, progress, checksum, timeout, cancel).run for board in boards]
+    return run_fleet(jobs, parallel, report)
 
 
-def rollback_board(board: Board, dest: str = DEFAULT_DEST) -> BoardResult:
-    """Swap current and previous on one board (under the push lock)."""
+def rollback_board(board: Board, dest: str = DEFAULT_DEST, timeout: float = 60,
+                   cancel: Cancel | None = None) -> BoardResult:
+    """Swap current and previous on one board (under the push lock); only ever to a folder under DEST/releases."""
     result = BoardResult(board.name, "failed")
     started = time.monotonic()
     try:
-        with Session(board) as session, BoardLock(session, board.path(dest)):
+        with Session(board, timeout, cancel) as session, BoardLock(session, board.path(dest)):
             out = session.run("rolling back", ROLLBACK, [board.path(dest)])
             if "@noprevious" in out:
                 raise BoardError(f"{board.name}: no previous deployment under {dest} to roll back to")
             result.status = "rolled-back"
             result.release = out.split("@current ", 1)[1].strip()
+    except Interrupted as exc:
+        result.status, result.message = "interrupted", str(exc)
     except BoardError as exc:
         result.message = str(exc)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -687,6 +968,7 @@ def rollback_board(board: Board, dest: str = DEFAULT_DEST) -> BoardResult:
     return result
 
 
-def rollback_fleet(boards: Sequence[Board], dest: str = DEFAULT_DEST, parallel: int = 8) -> list[BoardResult]:
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(lambda board: rollback_board(board, dest), boards))
+def rollback_fleet(boards: Sequence[Board], dest: str = DEFAULT_DEST, parallel: int = 8, timeout: float = 60,
+                   cancel: Cancel | None = None, report: Report | None = None) -> list[BoardResult]:
+    cancel = cancel or Cancel()
+    return run_fleet([partial(rollback_board, board, dest, timeout, cancel) for board in boards], parallel, report)

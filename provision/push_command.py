@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--board-root", default="", metavar="DIR",
                         help="prefix for every path on the boards (sysroots and tests)")
     parser.add_argument("--parallel", type=int, default=8, metavar="N", help="boards worked on at once (default 8)")
+    parser.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+                        help="how long a board may take to answer each step, plus time for the bytes it moves "
+                             "(default 60); a board past it fails with 'timed out', the others go on")
     parser.add_argument("--json", action="store_true", help=f"print one JSON document (schema {SCHEMA})")
 
 
@@ -39,7 +46,8 @@ def add_parser(commands: Any) -> None:
     push = commands.add_parser(
         "push", help="copy a bundle to boards: resumable, verified on the board, switched atomically",
         description="Push a bundle from `llmtpu bundle create` to boards over SSH. Exit 0 when every board "
-                    "runs the bundle, 2 when a board failed, 64 usage or a tampered bundle.",
+                    "runs the bundle, 2 when a board failed, 64 usage or a tampered bundle, 130 when "
+                    "interrupted (SIGINT/SIGTERM) before every board was done; a rerun resumes.",
     )
     push.add_argument("bundle", metavar="BUNDLE", type=Path, help="bundle folder")
     add_connection_arguments(push)
@@ -59,6 +67,8 @@ def boards_from(args: argparse.Namespace) -> list[Any]:
 
     if args.parallel < 1:
         raise UsageError(f"--parallel {args.parallel}: give 1 or more")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0")
     if not args.dest.startswith("/"):
         raise UsageError(f"--dest {args.dest!r}: must be an absolute path on the boards")
     for option, value in (("--identity", args.identity), ("--known-hosts", args.known_hosts)):
@@ -88,6 +98,10 @@ def boards_from_inventory(args: argparse.Namespace, template: Any) -> list[Any]:
     known = args.known_hosts or " ".join(str(p) for p in HostKeyStore().files if p.exists()) or None
     boards = []
     for spec in resolve_specs(args, args.hosts, args.limit):
+        for what, value in (("ansible_host", spec.hostname), ("ansible_user", spec.user or "")):
+            if value.startswith("-"):
+                raise UsageError(f"{spec.name}: {what} {value!r} starts with '-', which ssh would read as an "
+                                 "option; fix the inventory")
         if spec.jump:
             raise UsageError(f"{spec.name}: push does not go through ProxyJump hosts yet; push from the jump host")
         boards.append(replace(template, host=spec.hostname, port=spec.port, user=spec.user or template.user,
@@ -122,6 +136,39 @@ class RichProgress:
         self.progress.update(self.task(board), phase=text)
 
 
+@contextmanager
+def interrupts() -> Iterator[Any]:
+    """SIGINT and SIGTERM cancel the pushes in flight (their ssh processes stop, temp folders go)
+    instead of killing llmtpu mid-way; the handlers are restored afterwards."""
+    from llmtpu.provision.push import Cancel
+
+    if threading.current_thread() is not threading.main_thread():
+        yield Cancel()
+        return
+    cancel = Cancel(detached=True)
+    previous = {sig: signal.signal(sig, lambda *_: cancel.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def announce(result: Any) -> None:
+    """One line on stderr per board as soon as it is done, so a slow board never hides the others."""
+    print(f"{result.board}: {result.status} {result.release or result.message}".rstrip(), file=sys.stderr,
+          flush=True)
+
+
+def finish(results: list[Any], ok: bool) -> int:
+    """0 ok, 2 a board failed, 130 when an interrupt stopped a board before it was done."""
+    if any(r.status == "interrupted" for r in results):
+        print("llmtpu: interrupted; run the same command again to finish (boards resume where they stopped)",
+              file=sys.stderr)
+        return 130
+    return 0 if ok else 2
+
+
 def run_push(args: argparse.Namespace) -> int:
     from llmtpu.provision.bundle import BundleError
     from llmtpu.provision.push import push_fleet, verified_manifest
@@ -131,17 +178,21 @@ def run_push(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.bundle}: not a bundle folder; build one with `llmtpu bundle create`")
     try:
         manifest = verified_manifest(args.bundle)
-        if args.json:
-            results = push_fleet(args.bundle, boards, args.dest, args.parallel, None, args.checksum)
-        else:
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        with interrupts() as cancel:
+            if args.json:
+                results = push_fleet(args.bundle, boards, args.dest, args.parallel, None, args.checksum, args.timeout,
+                                     cancel, announce)
+            else:
+                from rich.console import Console
+                from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-            with Progress(TextColumn("{task.description:>22}"), BarColumn(), DownloadColumn(),
-                          TransferSpeedColumn(), TextColumn("{task.fields[phase]}"),
-                          console=Console(stderr=True)) as bars:
-                results = push_fleet(args.bundle, boards, args.dest, args.parallel, RichProgress(bars),
-                                     args.checksum)
+                with Progress(TextColumn("{task.description:>22}"), BarColumn(), DownloadColumn(),
+                              TransferSpeedColumn(), TextColumn("{task.fields[phase]}"),
+                              console=Console(stderr=True)) as bars:
+                    results = push_fleet(args.bundle, boards, args.dest, args.parallel, RichProgress(bars),
+                                         args.checksum, args.timeout, cancel,
+                                         lambda r: bars.console.print(f"{r.board}: {r.status} {r.release or r.message}",
+                                                                      markup=False, highlight=False))
     except BundleError as exc:
         raise UsageError(f"refused before sending anything: {exc}") from exc
     ok = all(r.status in ("deployed", "unchanged") for r in results)
@@ -151,13 +202,15 @@ def run_push(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         render_table(results, manifest.digest)
-    return 0 if ok else 2
+    return finish(results, ok)
 
 
 def run_rollback(args: argparse.Namespace) -> int:
     from llmtpu.provision.push import rollback_fleet
 
-    results = rollback_fleet(boards_from(args), args.dest, args.parallel)
+    boards = boards_from(args)
+    with interrupts() as cancel:
+        results = rollback_fleet(boards, args.dest, args.parallel, args.timeout, cancel, announce)
     ok = all(r.status == "rolled-back" for r in results)
     if args.json:
         json.dump({"schema": SCHEMA, "dest": args.dest, "ok": ok, "boards": [r.to_dict() for r in results]},
@@ -165,7 +218,7 @@ def run_rollback(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         render_table(results, None)
-    return 0 if ok else 2
+    return finish(results, ok)
 
 
 def render_table(results: list[Any], digest: str | None) -> None:
@@ -176,7 +229,7 @@ def render_table(results: list[Any], digest: str | None) -> None:
     for column in ("board", "status", "release", "sent MiB", "sent/resumed/linked", "verify s", "total s", "note"):
         table.add_column(column)
     for r in results:
-        style = "red" if r.status == "failed" else "green"
+        style = "red" if r.status in ("failed", "interrupted") else "green"
         table.add_row(r.board, f"[{style}]{r.status}[/]", r.release, f"{r.bytes_sent / 2**20:.1f}",
                       f"{r.files_sent}/{r.files_resumed}/{r.files_linked}", f"{r.verify_seconds:.2f}",
                       f"{r.seconds:.2f}", r.message)

@@ -41,3 +41,13 @@ def board_of(farm: object, sshd_board: object) -> Board:
 
 def live(sshd_board: object) -> Path:
     return Path(str(sshd_board.root)) / DEST.lstrip("/") / "current"  # type: ignore[attr-defined]
+
+
+def board_without_openssl(sshd_farm, name: str):
+    """A board whose PATH has every tool but a working openssl, so push falls back to sha256sum."""
+    shim = sshd_farm.workdir / f"{name}-bin"
+    shim.mkdir()
+    (shim / "openssl").write_text("#!/bin/sh\nexit 127\n")
+    (shim / "openssl").chmod(0o755)
+    command = f'PATH={shim}:/usr/local/bin:/usr/bin:/bin; export PATH; eval "$SSH_ORIGINAL_COMMAND"'
+    return sshd_farm.add(name, extra_config=f"ForceCommand {command}\n")
