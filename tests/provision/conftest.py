@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.provision.debfactory import build_release
+from tests.provision.debfactory import build_release, make_runnable
 
 #: llmtpu's own state (journal, kept debs, snapshots, dpkg log of its runs) is left by undo on
 #: purpose: it is the history. Everything else must come back byte for byte.
@@ -27,6 +27,21 @@ def release(tmp_path: Path):
         if not out.exists():
             build_release(tmp_path / f"build-{version}", out, version)
         return out
+
+    return make
+
+
+@pytest.fixture
+def debroot(sysroot):
+    """Factory: debroot("pcie-host-old-driver") -> a sample sysroot with a /bin/sh, as dpkg needs.
+
+    dpkg --root runs the maintainer scripts chrooted into the root: that needs root and a
+    shell in the tree (a static busybox here)."""
+    require(os.geteuid() == 0, "dpkg --root chroots into the sysroot to run maintainer scripts: needs root")
+    require(shutil.which("busybox") is not None, "busybox is not installed (apt-get install busybox-static)")
+
+    def make(name: str | None) -> Path:
+        return make_runnable(sysroot(name))
 
     return make
 
