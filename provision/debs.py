@@ -547,7 +547,13 @@ class InstallDebs(Operation):
             result = run_dpkg(target, mode, step)
             if not result.ok:
                 error = _dpkg_error(result.stdout + result.stderr)
-                left = revert(target, mode, entry.undo, snapshot, before, tar)
+                try:
+                    left = revert(target, mode, entry.undo, snapshot, before, tar)
+                except OperationError as exc:
+                    entry.undo["state"] = "rollback failed"
+                    _rewrite(target, entry)
+                    raise OperationError(f"{what} failed: {error}; rolling back failed too: {exc}; the record "
+                                         f"is kept: fix that, then `{undo_command(target)}`") from exc
                 entry.undo["state"] = "rolled back"
                 journal.mark_undone(entry)
                 state = _dpkg_state(target)

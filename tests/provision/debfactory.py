@@ -99,7 +99,9 @@ mkdir -p {dkms}/build {dkms}/module
 ln -sfn /usr/src/bmsophon-{version} {dkms}/source
 printf 'bmsophon.ko built from bmsophon-{version}\\n' > {dkms}/module/bmsophon.ko
 # the tests' switches: a postinst failing halfway (after dkms, at the reload), or a slow one
-if [ -e /FAIL-DRIVER-POSTINST ]; then echo "{MODPROBE_FAILURE}" >&2; exit 1; fi
+if [ -e /FAIL-DRIVER-POSTINST ] || [ -e /FAIL-DRIVER-POSTINST-{version} ]; then
+  echo "{MODPROBE_FAILURE}" >&2; exit 1
+fi
 if [ -e /SLOW-DRIVER-POSTINST ]; then touch /DRIVER-POSTINST-STARTED; sleep 4; fi
 # stand-in for `modprobe -r bmsophon; modprobe bmsophon`: the sysroot's /proc is its kernel
 if [ -d /proc/bmsophon ]; then
@@ -165,7 +167,8 @@ def build_release(work: Path, out: Path, version: str, arch: str | None = None, 
                   dev: bool = True) -> list[Path]:
     """The debs of one release, in a folder like `llmtpu fetch debs` leaves (``dev``: with the -dev deb).
 
-    A sysroot holding a file /FAIL-DRIVER-POSTINST makes the driver's postinst fail halfway;
+    A sysroot holding a file /FAIL-DRIVER-POSTINST (or /FAIL-DRIVER-POSTINST-VERSION, for that
+    version only) makes the driver's postinst fail halfway;
     /SLOW-DRIVER-POSTINST makes it touch /DRIVER-POSTINST-STARTED and take 4 s.
     """
     work.mkdir(parents=True, exist_ok=True)
