@@ -530,7 +530,8 @@ class InstallDebs(Operation):
         machine_debs = [self._place(target, deb) for deb in install]
         steps = [["-r", old.package] for old in remove] + [["-i", target.host_path(p)] for p in machine_debs]
         if caught:
-            raise ApplyInterrupted(f"interrupted before any change: {target.name} is as it was")
+            raise ApplyInterrupted(f"interrupted before any dpkg step: the packages on {target.name} are as they "
+                                   f"were (only llmtpu's backup {folder} was written)")
         # the record comes before the first change, so an interrupt anywhere below leaves a way back
         entry = journal.record(self.id, {
             "backup": folder,

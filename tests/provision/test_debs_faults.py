@@ -193,3 +193,44 @@ def test_sigint_mid_apply_finishes_the_step_exits_130_and_undo_restores(debroot,
     assert undone.returncode == 0, undone.stdout + undone.stderr
     assert "interrupted after step 4" in undone.stdout
     assert fingerprint(root) == before
+
+
+def wait_for_dpkg_lock(root: Path, seconds: float = 120) -> None:
+    """Until no dpkg holds the root's lock (an orphaned dpkg finishes its step on its own)."""
+    import fcntl
+
+    lock = root / "var/lib/dpkg/lock-frontend"
+    deadline = time.monotonic() + seconds
+    while True:
+        with open(lock, "a") as handle:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "dpkg never let go of its lock"
+        time.sleep(0.1)
+
+
+def test_sigkill_mid_apply_leaves_a_record_undo_repairs(debroot, release) -> None:
+    root = debroot("pcie-host-old-driver")
+    before = fingerprint(root)
+    (root / "SLOW-DRIVER-POSTINST").write_text("")
+    started = root / "DRIVER-POSTINST-STARTED"
+    proc = subprocess.Popen([sys.executable, "-m", "llmtpu", "debs", "apply", "--debs", str(release("0.5.1")),
+                             "--root", str(root), "--yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()  # no handler runs: only the record written before the first dpkg step is left
+    proc.wait(timeout=60)
+    wait_for_dpkg_lock(root)
+    entry = Journal(LocalTarget(str(root))).last()
+    assert entry is not None and entry.undo["state"] == "applying"
+    started.unlink()
+    (root / "SLOW-DRIVER-POSTINST").unlink()
+    undone = llmtpu("undo", "--root", str(root), "--yes")
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert "cut before it recorded its result" in undone.stdout
+    assert fingerprint(root) == before
