@@ -84,9 +84,10 @@ SYSROOT_ONLY_PATHS = (facts.DRIVER_VERSION,)
 
 DPKG_TIMEOUT = 1800.0
 
-#: Where maintainer scripts run: on the machine itself; chrooted by dpkg into the sysroot;
-#: or, opted in, on this machine with $DPKG_ROOT set (--force-script-chrootless).
-NATIVE, CHROOT, CHROOTLESS = "native", "chroot", "chrootless"
+#: Where maintainer scripts run: on the machine itself; chrooted by dpkg into the sysroot (as
+#: root, or in a user namespace when not root); or, opted in, on this machine with $DPKG_ROOT
+#: set (--force-script-chrootless).
+NATIVE, CHROOT, CHROOT_USERNS, CHROOTLESS = "native", "chroot", "chroot-userns", "chrootless"
 
 #: dpkg's own progress lines, told apart from what a maintainer script printed.
 DPKG_CHATTER = ("dpkg:", "(Reading database", "Selecting previously", "Preparing to unpack", "Unpacking ",
@@ -219,37 +220,46 @@ def script_mode(target: Target, scripts_here: bool = False) -> str:
     """Where the debs' maintainer scripts will run; refuses a sysroot they cannot run inside."""
     if not target.is_sysroot:
         return NATIVE
-    why = _why_no_chroot(target)
-    if why is None:
-        return CHROOT
+    problems = []
+    for mode in (CHROOT, CHROOT_USERNS) if os.geteuid() == 0 else (CHROOT_USERNS,):
+        why = _why_no_chroot(target, mode)
+        if why is None:
+            return mode
+        problems.append(why)
     if scripts_here:
         return CHROOTLESS
-    raise RefusedInput(f"--root {target.root}: the debs' maintainer scripts cannot run inside it ({why}), so they "
-                       "would run on this machine; run as root with a usable /bin/sh in the root, or pass "
+    raise RefusedInput(f"--root {target.root}: the debs' maintainer scripts cannot run inside it ({problems[0]}), "
+                       "so they would run on this machine; give the root a usable /bin/sh, or pass "
                        "--scripts-on-this-machine to accept that")
 
 
-def _why_no_chroot(target: Target) -> str | None:
-    if os.geteuid() != 0:
-        return "chroot needs root"
+def _wrapper(mode: str) -> list[str]:
+    """Not root here: the chroot happens in a user namespace where this user is root."""
+    return ["unshare", "--map-root-user", "--"] if mode == CHROOT_USERNS else []
+
+
+def _why_no_chroot(target: Target, mode: str) -> str | None:
     try:
         shell = target.stat("/bin/sh")
     except TargetError as exc:
         return f"/bin/sh: {exc}"
     if shell is None or shell.kind != "file":
         return "it has no /bin/sh"
-    probe = target.run(["chroot", target.root, "/bin/sh", "-c", ":"], timeout=60)
+    try:
+        probe = target.run([*_wrapper(mode), "chroot", target.root, "/bin/sh", "-c", ":"], timeout=60)
+    except TargetError as exc:
+        return f"no chroot here: {exc}"
     if not probe.ok:
-        return f"its /bin/sh does not run here: {_last(probe.stderr)}"
+        return f"its /bin/sh does not run chrooted here: {_last(probe.stderr)}"
     return None
 
 
-def dpkg_base(target: Target, mode: str | None = None) -> list[str]:
-    """Global dpkg options for this target: its root, a log inside it, where scripts run."""
+def dpkg_command(target: Target, mode: str | None = None) -> list[str]:
+    """dpkg with the global options for this target: its root, a log inside it, where scripts run."""
     mode = mode or script_mode(target)
-    argv = [f"--log={target.host_path(DPKG_LOG)}"]
+    argv = [*_wrapper(mode), "dpkg", f"--log={target.host_path(DPKG_LOG)}"]
     if target.is_sysroot:
-        argv = [f"--root={target.root}", *argv]  # dpkg chroots into the root to run scripts
+        argv.insert(argv.index("dpkg") + 1, f"--root={target.root}")  # dpkg chroots into it for scripts
         if mode == CHROOTLESS:
             argv.append("--force-script-chrootless")
             if os.geteuid() != 0:
@@ -259,7 +269,7 @@ def dpkg_base(target: Target, mode: str | None = None) -> list[str]:
 
 def run_dpkg(target: Target, mode: str, step: Sequence[str]) -> Any:
     """One dpkg call; a failure raises nothing, the caller decides (roll back, report)."""
-    return target.run(["dpkg", *dpkg_base(target, mode), *step], timeout=DPKG_TIMEOUT)
+    return target.run([*dpkg_command(target, mode), *step], timeout=DPKG_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -661,6 +671,9 @@ def _dpkg_error(output: bytes) -> str:
 def _mode_note(target: Target, mode: str) -> str:
     if mode == CHROOT:
         return f"maintainer scripts run inside {target.root} (dpkg --root chroots into it)"
+    if mode == CHROOT_USERNS:
+        return (f"maintainer scripts run inside {target.root} (dpkg --root chroots into it, in a user namespace: "
+                "not root here, files are owned by this user)")
     if mode == CHROOTLESS:
         return (f"maintainer scripts run on THIS machine with DPKG_ROOT={target.root} (--scripts-on-this-machine): "
                 "a script that ignores $DPKG_ROOT changes this machine's files")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,12 @@ def release(tmp_path: Path):
 def debroot(sysroot):
     """Factory: debroot("pcie-host-old-driver") -> a sample sysroot with a /bin/sh, as dpkg needs.
 
-    dpkg --root runs the maintainer scripts chrooted into the root: that needs root and a
-    shell in the tree (a static busybox here)."""
-    require(os.geteuid() == 0, "dpkg --root chroots into the sysroot to run maintainer scripts: needs root")
+    dpkg --root runs the maintainer scripts chrooted into the root: that needs a shell in the
+    tree (a static busybox here) and root, or a user namespace when the tests run unprivileged."""
     require(shutil.which("busybox") is not None, "busybox is not installed (apt-get install busybox-static)")
+    require(os.geteuid() == 0 or subprocess.run(["unshare", "--map-root-user", "true"], capture_output=True,
+                                                check=False).returncode == 0,
+            "not root and no user namespaces (unshare --map-root-user): dpkg cannot chroot into a sysroot")
 
     def make(name: str | None) -> Path:
         return make_runnable(sysroot(name))

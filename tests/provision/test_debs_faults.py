@@ -19,6 +19,7 @@ import pytest
 from llmtpu.provision import debs, undo
 from llmtpu.provision.operation import Journal, OperationError
 from llmtpu.target import LocalTarget
+from tests.conftest import require
 from tests.provision.conftest import cli, fingerprint
 from tests.provision.debfactory import MODPROBE_FAILURE, build_release
 
@@ -234,3 +235,25 @@ def test_sigkill_mid_apply_leaves_a_record_undo_repairs(debroot, release) -> Non
     assert undone.returncode == 0, undone.stdout + undone.stderr
     assert "cut before it recorded its result" in undone.stdout
     assert fingerprint(root) == before
+
+
+def test_not_root_the_scripts_run_chrooted_in_a_user_namespace(debroot, release, tmp_path, monkeypatch) -> None:
+    """What an unprivileged user gets (here: this process told it is not root)."""
+    require(subprocess.run(["unshare", "--map-root-user", "true"], capture_output=True).returncode == 0,
+            "no user namespaces here (unshare --map-root-user)")
+    monkeypatch.setattr(debs.os, "geteuid", lambda: 1000)
+    root = debroot("pcie-host-old-driver")
+    before = fingerprint(root)
+    marker = tmp_path / "controller" / "written-by-postinst"
+    folder = tmp_path / "debs-marker"
+    build_release(tmp_path / "build-marker", folder, "0.5.1", marker=str(marker))
+    target = LocalTarget(str(root))
+    operation = debs.InstallDebs(debs.debs_in(str(folder)))
+    plan = operation.plan(target)
+    assert "in a user namespace" in "\n".join(plan.lines())
+    operation.apply(target, plan, Journal(target))
+    assert not marker.exists() and (root / str(marker).lstrip("/")).exists()
+    assert statuses(root) == {p: ("0.5.1", "ii") for p in debs.PACKAGE_ORDER}
+    undo.undo(target, undo.newest(target))
+    left = {path for path in fingerprint(root) if path.split("/")[0] == "tmp"}  # the marker: no script removes it
+    assert {p: v for p, v in fingerprint(root).items() if p not in left} == before

@@ -63,7 +63,7 @@ def test_half_configured_packages_are_configured_and_undone(debroot, release) ->
     (root / "FAIL-DRIVER-POSTINST").write_text("")
     folder = release("0.5.1")
     target = LocalTarget(str(root))
-    subprocess.run(["dpkg", *debs.dpkg_base(target), "-i", *(str(p) for p in sorted(folder.iterdir()))],
+    subprocess.run([*debs.dpkg_command(target), "-i", *(str(p) for p in sorted(folder.iterdir()))],
                    capture_output=True, check=False)
     (root / "FAIL-DRIVER-POSTINST").unlink()
     assert debs.installed_packages(target)["sophon-driver"].status == "iF"
