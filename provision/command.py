@@ -3,6 +3,11 @@
 The work is in fetch.py, mirror.py, debs.py and undo.py; this file only turns arguments into
 calls, errors into one line and exit codes, and progress into a rich bar (on stderr, so the
 placed paths on stdout stay clean for scripts).
+
+`debs` and `undo` exit 0 done (or nothing to do), 1 failed (a failed apply is rolled back),
+2 applied but verify found problems, 64 refused input (an unreadable or wrong-architecture
+deb, a root its scripts cannot run inside, no terminal and no --yes), 130 interrupted (the
+running dpkg step finished; the message gives the way back).
 """
 
 from __future__ import annotations
@@ -167,7 +172,7 @@ def run_debs(args: argparse.Namespace) -> int:
 
 def run_undo(args: argparse.Namespace) -> int:
     from llmtpu.provision import undo
-    from llmtpu.provision.debs import RefusedInput
+    from llmtpu.provision.debs import RefusedInput, deferred_interrupts
     from llmtpu.provision.operation import OperationError, confirm
     from llmtpu.target import LocalTarget
 
@@ -184,7 +189,13 @@ def run_undo(args: argparse.Namespace) -> int:
         if not confirm([plan], args.yes):
             print("not undone")
             return EXIT_FAILED
-        undo.undo(target, entry)
+        # an undo stopped between its dpkg steps could not be run again (its own changes would look
+        # like someone else's): an interrupt waits for the end
+        with deferred_interrupts() as caught:
+            undo.undo(target, entry)
+        if caught:
+            print("llmtpu: an interrupt arrived during the undo; it was finished first, nothing is left half-way",
+                  file=sys.stderr)
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED if isinstance(exc, RefusedInput) else EXIT_FAILED

@@ -110,6 +110,7 @@ fi
 """)
     # dkms remove, then the firmware link
     _script(stage / "DEBIAN/prerm", f"""\
+if [ -e /SLOW-DRIVER-PRERM ]; then touch /DRIVER-PRERM-STARTED; sleep 4; fi
 rm -f /lib/firmware/bm1684x_firmware.bin
 rm -rf {dkms} /usr/src/bmsophon-{version}
 rmdir -p /var/lib/dkms/bmsophon || true
@@ -169,7 +170,8 @@ def build_release(work: Path, out: Path, version: str, arch: str | None = None, 
 
     A sysroot holding a file /FAIL-DRIVER-POSTINST (or /FAIL-DRIVER-POSTINST-VERSION, for that
     version only) makes the driver's postinst fail halfway;
-    /SLOW-DRIVER-POSTINST makes it touch /DRIVER-POSTINST-STARTED and take 4 s.
+    /SLOW-DRIVER-POSTINST makes it touch /DRIVER-POSTINST-STARTED and take 4 s (its prerm:
+    /SLOW-DRIVER-PRERM, /DRIVER-PRERM-STARTED).
     """
     work.mkdir(parents=True, exist_ok=True)
     built = [build_driver(work, out, version, arch), build_libsophon(work, out, version, arch, marker)]

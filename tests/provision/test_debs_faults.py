@@ -257,3 +257,26 @@ def test_not_root_the_scripts_run_chrooted_in_a_user_namespace(debroot, release,
     undo.undo(target, undo.newest(target))
     left = {path for path in fingerprint(root) if path.split("/")[0] == "tmp"}  # the marker: no script removes it
     assert {p: v for p, v in fingerprint(root).items() if p not in left} == before
+
+
+def test_sigint_during_undo_finishes_the_undo_first(debroot, release) -> None:
+    root = debroot("pcie-host-old-driver")
+    before = fingerprint(root)
+    install(root, release("0.5.1"))
+    (root / "SLOW-DRIVER-PRERM").write_text("")
+    started = root / "DRIVER-PRERM-STARTED"
+    proc = subprocess.Popen([sys.executable, "-m", "llmtpu", "undo", "--root", str(root), "--yes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the driver prerm never started"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert "it was finished first, nothing is left half-way" in err and "undone" in out
+    started.unlink()
+    (root / "SLOW-DRIVER-PRERM").unlink()
+    assert fingerprint(root) == before
+    assert Journal(LocalTarget(str(root))).last() is None
