@@ -151,11 +151,20 @@ def read_deb(path: str) -> DebFile:
 
 
 def deb_members(deb: DebFile) -> list[str]:
-    """The paths a deb's data part holds, read to the end (a truncated or corrupt deb is refused)."""
-    fsys = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb.path], capture_output=True, check=False, timeout=600)
-    listing = subprocess.run(["tar", "-t"], input=fsys.stdout, capture_output=True, check=False, timeout=600)
-    if fsys.returncode != 0 or listing.returncode != 0:
-        raise RefusedInput(f"{deb.path}: dpkg-deb cannot read its files ({_last(fsys.stderr or listing.stderr)}); "
+    """The paths a deb's data part holds, read to the end (a truncated or corrupt deb is refused).
+
+    dpkg-deb's tar stream goes straight into tar -t: a large deb is never held in memory."""
+    fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        listing = subprocess.run(["tar", "-t"], stdin=fsys.stdout, capture_output=True, check=False, timeout=600)
+    finally:
+        if fsys.stdout is not None:
+            fsys.stdout.close()
+        fsys_error = fsys.stderr.read() if fsys.stderr is not None else b""
+        fsys_code = fsys.wait(timeout=600)
+    if fsys_code != 0 or listing.returncode != 0:
+        raise RefusedInput(f"{deb.path}: dpkg-deb cannot read its files ({_last(fsys_error or listing.stderr)}); "
                            "fetch it again")
     return listing.stdout.decode(errors="replace").splitlines()
 
