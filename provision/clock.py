@@ -8,11 +8,19 @@ lines (README Q3). Three facts shape this module (sophgo.md §2.3):
 * ``top/clock`` only lists what was written since boot, so the rates are read back from the
   common-clock debugfs ``clk/<name>/clk_rate`` (the doctor's ``soc_clocks`` fact);
 * debugfs writes are lost at reboot; a systemd oneshot re-applies them (see ``unit_text``).
+
+Rates are Hz inside; users write them with a unit (``750MHz``, ``0.75GHz``, ``750000000Hz``),
+and a bare number means MHz, as ``clock show`` and the README speak (``parse_rate``). Each PLL
+has a floor (``PLL_FLOORS``, with its source): below it no Sophgo source runs the chip, and a
+unit persisting such a rate would cripple the board at every boot.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 from llmtpu.doctor.checks import SEED_DOWNCLOCK, SOC_DEFAULT_CLOCKS
 from llmtpu.doctor.facts import SOC_CLOCKS, TOP_CLOCK, soc_clocks
@@ -24,6 +32,58 @@ UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
 #: bm_clk_pll_set_rate picks the nearest rate its dividers reach; closer than this counts as equal.
 RATE_TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class Floor:
+    hz: int
+    reason: str
+    source: str
+
+
+#: The lowest rate each PLL may be set to. Sources: Sophgo's BM1684 kernel cooling driver
+#: (linux-arm64, bm1684_cooling.c: ``#define MIN_TPU_CLK 75000000UL`` and
+#: ``#define MIN_CPU_CLK 1150000000UL``, the lowest rates the kernel's own thermal throttling
+#: runs the TPU and the A53 cluster at) and LLM-TPU README Q3 (vpll 100000000, the lowest vpll
+#: any Sophgo source sets). The Q3 downclock (750/1800/100 MHz) is above every floor.
+PLL_FLOORS = {
+    "tpll_clock": Floor(75_000_000, "the lowest TPU rate Sophgo's kernel thermal throttling uses",
+                        "linux-arm64 bm1684_cooling.c MIN_TPU_CLK 75000000UL"),
+    "mpll_clock": Floor(1_150_000_000, "mpll feeds the A53 CPUs and the AXI/DDR divider; Sophgo's kernel "
+                        "thermal throttling never runs the CPUs below 1150 MHz",
+                        "linux-arm64 bm1684_cooling.c MIN_CPU_CLK 1150000000UL"),
+    "vpll_clock": Floor(100_000_000, "the lowest video PLL rate any Sophgo source sets",
+                        "LLM-TPU README Q3: setr vpll_clock 100000000"),
+}
+
+UNITS_HZ = {"hz": 1, "khz": 10**3, "mhz": 10**6, "ghz": 10**9}
+RATE_SYNTAX = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?[hH][zZ])?\s*")
+#: A bare number this large was meant as Hz: refused rather than read as MHz.
+BARE_MHZ_LIMIT = 100_000
+
+
+def parse_rate(text: str) -> int:
+    """A rate as the user writes it, in Hz: ``750MHz``, ``0.75GHz``, ``750000000Hz``; bare = MHz."""
+    match = RATE_SYNTAX.fullmatch(text)
+    if match is None:
+        raise OperationError(f"{text!r} is not a rate: write 750MHz, 0.75GHz or 750000000Hz "
+                             "(a bare number means MHz)")
+    number, unit = match.group(1), match.group(2)
+    if unit is None and Decimal(number) >= BARE_MHZ_LIMIT:
+        raise OperationError(f"{text!r}: a bare number means MHz; for {number} Hz write {number}Hz, "
+                             f"for MHz write e.g. {Decimal(number) / 10**6:f}MHz")
+    try:
+        hz = Decimal(number) * UNITS_HZ[(unit or "MHz").lower()]
+    except InvalidOperation as exc:
+        raise OperationError(f"{text!r} is not a rate") from exc
+    if hz != hz.to_integral_value():
+        raise OperationError(f"{text!r} is not a whole number of Hz")
+    return int(hz)
+
+
+def describe_rate(rate: int) -> str:
+    """A rate as the plan shows it: MHz for people, Hz as it is written to the driver."""
+    return f"{Decimal(rate) / 10**6:f} MHz ({rate} Hz)".replace(".000000 MHz", " MHz")
 
 
 def setr_line(name: str, rate: int) -> bytes:
@@ -45,13 +105,17 @@ def same_rate(now: int, wanted: int) -> bool:
 
 
 def check_rates(rates: Mapping[str, int]) -> dict[str, int]:
-    """Known clocks, positive, never above the device-tree default (no overclocking)."""
+    """Known clocks, never above the device-tree default (no overclocking), never below the floor."""
     for name, rate in rates.items():
         if name not in SOC_DEFAULT_CLOCKS:
             raise OperationError(f"unknown clock {name!r}; known: {', '.join(SOC_CLOCKS)}")
-        if not 0 < rate <= SOC_DEFAULT_CLOCKS[name]:
-            raise OperationError(f"{name} {rate} Hz is outside 1..{SOC_DEFAULT_CLOCKS[name]} Hz "
-                                 "(the board's default is the maximum)")
+        if rate > SOC_DEFAULT_CLOCKS[name]:
+            raise OperationError(f"{name} {describe_rate(rate)} is above the board's default "
+                                 f"{describe_rate(SOC_DEFAULT_CLOCKS[name])}, its maximum")
+        floor = PLL_FLOORS[name]
+        if rate < floor.hz:
+            raise OperationError(f"{name} {describe_rate(rate)} is below its floor {describe_rate(floor.hz)}: "
+                                 f"{floor.reason} ({floor.source})")
     return dict(rates)
 
 
@@ -72,8 +136,18 @@ def differing(now: Mapping[str, int], wanted: Mapping[str, int]) -> dict[str, in
 
 
 def rate_changes(now: Mapping[str, int], wanted: Mapping[str, int]) -> list[Change]:
-    return [Change(f"setr {name} {rate} > {TOP_CLOCK}", f"{name} {now[name]} Hz", f"{name} {rate} Hz")
-            for name, rate in differing(now, wanted).items()]
+    return [Change(f"setr {name} {rate} > {TOP_CLOCK}", f"{name} {describe_rate(now[name])}",
+                   f"{name} {describe_rate(rate)}") for name, rate in differing(now, wanted).items()]
+
+
+def unit_rates(text: str | None) -> str | None:
+    """What a boot unit sets, one line per rate (the plan shows this, not the whole unit)."""
+    if text is None:
+        return None
+    found = re.findall(r"echo setr (\w+) (\d+) >", text)
+    if not found:
+        return "present, sets no rate llmtpu recognises"
+    return "\n".join(f"at boot: {name} {describe_rate(int(rate))}" for name, rate in found)
 
 
 class ClockApply(Operation):
@@ -182,7 +256,7 @@ class ClockPersist(Operation):
         wanted = unit_text(self.rates)
         current = self._current_unit(target)
         if current != wanted:
-            plan.changes.append(Change(f"write {UNIT_PATH}", current, wanted))
+            plan.changes.append(Change(f"write {UNIT_PATH}", unit_rates(current), unit_rates(wanted)))
         if not self._enabled(target):
             plan.changes.append(Change(f"enable {UNIT_NAME} (link {WANTS_LINK})", None, UNIT_PATH))
         if plan.changes and not systemd_running(target):

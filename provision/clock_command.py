@@ -29,8 +29,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="act on the machine whose files are in this sysroot folder instead of /")
     for name in ("tpll", "mpll", "vpll"):
-        parser.add_argument(f"--{name}", type=int, metavar="HZ",
-                            help=f"{name}_clock rate in Hz; when any rate is given only the given ones are set")
+        parser.add_argument(f"--{name}", metavar="RATE",
+                            help=f"{name}_clock rate with its unit, e.g. 750MHz, 0.75GHz, 750000000Hz; a bare "
+                                 "number means MHz. When any rate is given only the given ones are set")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument("--yes", action="store_true", help="apply without asking")
     parser.add_argument("--json", action="store_true", help="`show` only: one JSON document (llmtpu.clock/1)")
@@ -38,7 +39,18 @@ def add_parser(commands: Any) -> None:
 
 
 def _rates(args: argparse.Namespace) -> dict[str, int] | None:
-    given = {f"{n}_clock": getattr(args, n) for n in ("tpll", "mpll", "vpll") if getattr(args, n) is not None}
+    from llmtpu.provision.clock import parse_rate
+    from llmtpu.provision.operation import OperationError
+
+    given = {}
+    for name in ("tpll", "mpll", "vpll"):
+        text = getattr(args, name)
+        if text is None:
+            continue
+        try:
+            given[f"{name}_clock"] = parse_rate(text)
+        except OperationError as exc:
+            raise UsageError(f"--{name}: {exc}") from exc
     return given or None
 
 

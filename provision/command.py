@@ -3,6 +3,11 @@
 The work is in fetch.py, mirror.py, debs.py and undo.py; this file only turns arguments into
 calls, errors into one line and exit codes, and progress into a rich bar (on stderr, so the
 placed paths on stdout stay clean for scripts).
+
+`debs` and `undo` exit 0 done (or nothing to do), 1 failed (a failed apply is rolled back),
+2 applied but verify found problems, 64 refused input (an unreadable or wrong-architecture
+deb, a root its scripts cannot run inside, no terminal and no --yes), 130 interrupted (the
+running dpkg step finished; the message gives the way back).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 from llmtpu.clikit import local_root
 
 EXIT_FAILED = 1
+EXIT_REFUSED = 64
+EXIT_INTERRUPTED = 130
 
 
 def add_parser(commands: Any) -> None:
@@ -49,6 +56,10 @@ def add_parser(commands: Any) -> None:
     debs_parser.add_argument("--root", default="/", metavar="DIR", help="install into this sysroot instead of /")
     debs_parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     debs_parser.add_argument("--yes", action="store_true", help="apply without asking")
+    debs_parser.add_argument("--scripts-on-this-machine", action="store_true",
+                             help="with --root and no way to run the maintainer scripts inside it (no /bin/sh in "
+                                  "it, or not root): run them on this machine with $DPKG_ROOT set; a script that "
+                                  "ignores $DPKG_ROOT then changes this machine")
     debs_parser.set_defaults(run=run_debs)
 
     undo_parser = commands.add_parser(
@@ -128,12 +139,12 @@ def run_mirror_create(args: argparse.Namespace) -> int:
 
 def run_debs(args: argparse.Namespace) -> int:
     from llmtpu.provision import debs
-    from llmtpu.provision.operation import Journal, OperationError, confirm
+    from llmtpu.provision.operation import ConfirmationRefused, Journal, OperationError, confirm
     from llmtpu.target import LocalTarget
 
     target = LocalTarget(local_root(args.root))
     try:
-        operation = debs.InstallDebs(debs.debs_in(args.debs))
+        operation = debs.InstallDebs(debs.debs_in(args.debs), scripts_here=args.scripts_on_this_machine)
         plan = operation.plan(target)
         print("\n".join(plan.lines()))
         if args.action == "plan" or args.dry_run or plan.nothing_to_do:
@@ -145,6 +156,12 @@ def run_debs(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         operation.apply(target, plan, Journal(target))
         problems = operation.verify(target)
+    except debs.ApplyInterrupted as exc:
+        print(f"llmtpu: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (debs.RefusedInput, ConfirmationRefused) as exc:
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except OperationError as exc:
         return _fail(str(exc))
     for problem in problems:
@@ -155,6 +172,7 @@ def run_debs(args: argparse.Namespace) -> int:
 
 def run_undo(args: argparse.Namespace) -> int:
     from llmtpu.provision import undo
+    from llmtpu.provision.debs import RefusedInput, deferred_interrupts
     from llmtpu.provision.operation import OperationError, confirm
     from llmtpu.target import LocalTarget
 
@@ -171,8 +189,15 @@ def run_undo(args: argparse.Namespace) -> int:
         if not confirm([plan], args.yes):
             print("not undone")
             return EXIT_FAILED
-        undo.undo(target, entry)
+        # an undo stopped between its dpkg steps could not be run again (its own changes would look
+        # like someone else's): an interrupt waits for the end
+        with deferred_interrupts() as caught:
+            undo.undo(target, entry)
+        if caught:
+            print("llmtpu: an interrupt arrived during the undo; it was finished first, nothing is left half-way",
+                  file=sys.stderr)
     except OperationError as exc:
-        return _fail(str(exc))
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED if isinstance(exc, RefusedInput) else EXIT_FAILED
     print("undone")
     return 0

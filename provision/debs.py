@@ -21,20 +21,36 @@ name and version (llmtpu's own deb store, apt's cache) or a deb rebuilt with dpk
 dpkg's file list, control fields and maintainer scripts of the installed package (what
 dpkg-repack does). Undo purges the new packages with dpkg, reinstalls the kept debs with dpkg,
 then restores every snapshotted path apply changed, byte for byte, and removes what apply
-created. A failed dpkg step during apply is rolled back the same way, and the exact dpkg
-error is reported.
+created. A failed dpkg step during apply is rolled back the same way (the kept debs are reinstalled
+through dpkg, so what their scripts make -- dkms state, /usr/src -- comes back), then the result
+is compared with the state before; the error shows dpkg's words and the failing script's own
+last lines.
+
+Where maintainer scripts run: on a sysroot (--root), dpkg --root chroots into the root before
+running them (so a script writing /usr/src writes the root's), which needs root and a /bin/sh in
+the root. Without those the plan refuses, unless the user opts in to running them on this
+machine (--force-script-chrootless, only safe for scripts honouring $DPKG_ROOT).
+
+Interrupts: the journal record is written before the first dpkg step and updated after each;
+SIGINT/SIGTERM during apply let the running dpkg step finish (dpkg runs in its own session),
+then stop with ``ApplyInterrupted`` naming the way back (``llmtpu undo``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import shlex
+import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from llmtpu.doctor import facts
@@ -67,6 +83,26 @@ SCRIPT_PATHS = (
 SYSROOT_ONLY_PATHS = (facts.DRIVER_VERSION,)
 
 DPKG_TIMEOUT = 1800.0
+
+#: Where maintainer scripts run: on the machine itself; chrooted by dpkg into the sysroot (as
+#: root, or in a user namespace when not root); or, opted in, on this machine with $DPKG_ROOT
+#: set (--force-script-chrootless).
+NATIVE, CHROOT, CHROOT_USERNS, CHROOTLESS = "native", "chroot", "chroot-userns", "chrootless"
+
+#: dpkg's own progress lines, told apart from what a maintainer script printed.
+DPKG_CHATTER = ("dpkg:", "(Reading database", "Selecting previously", "Preparing to unpack", "Unpacking ",
+                "Setting up ", "Removing ", "Purging ", "Processing ", "Errors were encountered",
+                "(Noting disappearance", " ")
+
+
+class RefusedInput(OperationError):
+    """The input cannot be used safely as given (exit 64); the message names it and what to do."""
+
+
+class ApplyInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during apply: the running dpkg step finished, nothing after it ran.
+
+    A KeyboardInterrupt, so every caller maps it to exit 130; the message gives the way back."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,10 +139,66 @@ def read_deb(path: str) -> DebFile:
                              text=True, check=False, timeout=60)
     except FileNotFoundError as exc:
         raise OperationError("dpkg-deb not found: install dpkg (Debian/Ubuntu only)") from exc
-    if out.returncode != 0:
-        raise OperationError(f"{path}: not a .deb dpkg-deb can read ({out.stderr.strip().splitlines()[-1:]})")
+    info = subprocess.run(["dpkg-deb", "--info", path], capture_output=True, text=True, check=False, timeout=60)
+    if out.returncode != 0 or info.returncode != 0:
+        why = _last((out.stderr or info.stderr).encode())
+        raise RefusedInput(f"{path}: not a .deb dpkg-deb can read ({why}); remove it or fetch it again")
     fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
-    return DebFile(path, fields.get("Package", ""), fields.get("Version", ""), fields.get("Architecture", ""))
+    deb = DebFile(path, fields.get("Package", ""), fields.get("Version", ""), fields.get("Architecture", ""))
+    if not deb.package or not deb.version or not deb.architecture:
+        raise RefusedInput(f"{path}: its control has no Package, Version or Architecture; not a usable .deb")
+    return deb
+
+
+def deb_members(deb: DebFile) -> list[str]:
+    """The paths a deb's data part holds, read to the end (a truncated or corrupt deb is refused).
+
+    dpkg-deb's tar stream goes straight into tar -t: a large deb is never held in memory."""
+    fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb.path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        listing = subprocess.run(["tar", "-t"], stdin=fsys.stdout, capture_output=True, check=False, timeout=600)
+    finally:
+        if fsys.stdout is not None:
+            fsys.stdout.close()
+        fsys_error = fsys.stderr.read() if fsys.stderr is not None else b""
+        fsys_code = fsys.wait(timeout=600)
+    if fsys_code != 0 or listing.returncode != 0:
+        raise RefusedInput(f"{deb.path}: dpkg-deb cannot read its files ({_last(fsys_error or listing.stderr)}); "
+                           "fetch it again")
+    return listing.stdout.decode(errors="replace").splitlines()
+
+
+def target_architectures(target: Target) -> tuple[set[str], str]:
+    """The architectures dpkg on the target installs, and where that was read."""
+    if not target.is_sysroot:
+        result = target.run(["dpkg", "--print-architecture"], timeout=60)
+        foreign = target.run(["dpkg", "--print-foreign-architectures"], timeout=60)
+        if not result.ok:
+            raise OperationError(f"{target.name}: dpkg --print-architecture failed: {_last(result.stderr)}")
+        return {result.text().strip(), *foreign.text().split()}, "dpkg --print-architecture"
+    arch_file = f"{ADMINDIR}/arch"
+    if target.exists(arch_file):
+        listed = set(target.read_text(arch_file).split())
+        if listed:
+            return listed, f"{target.root}{arch_file}"
+    status = target.read_text(f"{ADMINDIR}/status", limit=256 << 20) if target.exists(f"{ADMINDIR}/status") else ""
+    seen = Counter(line.split(":", 1)[1].strip() for line in status.splitlines()
+                   if line.startswith("Architecture:") and line.split(":", 1)[1].strip() != "all")
+    if seen:
+        return {seen.most_common(1)[0][0]}, f"the packages in {target.root}{ADMINDIR}/status"
+    native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=False, timeout=60)
+    return {native.stdout.strip()}, "an empty dpkg database: this machine's dpkg --print-architecture"
+
+
+def check_architectures(target: Target, debs: Sequence[DebFile]) -> None:
+    """Refuse, before anything changes, debs dpkg on the target would refuse halfway."""
+    accepted, source = target_architectures(target)
+    for deb in debs:
+        if deb.architecture != "all" and deb.architecture not in accepted:
+            raise RefusedInput(f"{deb.path}: Architecture {deb.architecture}, but {target.name} installs "
+                               f"{'/'.join(sorted(accepted))} (from {source}); fetch the debs for "
+                               f"{sorted(accepted)[0]}")
 
 
 def debs_in(folder: str) -> list[DebFile]:
@@ -133,14 +225,79 @@ def debs_in(folder: str) -> list[DebFile]:
     return [found[p] for p in PACKAGE_ORDER if p in found]
 
 
-def dpkg_base(target: Target) -> list[str]:
-    """Global dpkg options for this target: its root, a log inside it, scripts runnable without chroot."""
-    argv = [f"--log={target.host_path(DPKG_LOG)}"]
+def script_mode(target: Target, scripts_here: bool = False) -> str:
+    """Where the debs' maintainer scripts will run; refuses a sysroot they cannot run inside."""
+    if not target.is_sysroot:
+        return NATIVE
+    problems = []
+    for mode in (CHROOT, CHROOT_USERNS) if os.geteuid() == 0 else (CHROOT_USERNS,):
+        why = _why_no_chroot(target, mode)
+        if why is None:
+            return mode
+        problems.append(why)
+    if scripts_here:
+        return CHROOTLESS
+    raise RefusedInput(f"--root {target.root}: the debs' maintainer scripts cannot run inside it ({problems[0]}), "
+                       "so they would run on this machine; give the root a usable /bin/sh, or pass "
+                       "--scripts-on-this-machine to accept that")
+
+
+def _wrapper(mode: str) -> list[str]:
+    """Not root here: the chroot happens in a user namespace where this user is root."""
+    return ["unshare", "--map-root-user", "--"] if mode == CHROOT_USERNS else []
+
+
+def _why_no_chroot(target: Target, mode: str) -> str | None:
+    try:
+        shell = target.stat("/bin/sh")
+    except TargetError as exc:
+        return f"/bin/sh: {exc}"
+    if shell is None or shell.kind != "file":
+        return "it has no /bin/sh"
+    try:
+        probe = target.run([*_wrapper(mode), "chroot", target.root, "/bin/sh", "-c", ":"], timeout=60)
+    except TargetError as exc:
+        return f"no chroot here: {exc}"
+    if not probe.ok:
+        return f"its /bin/sh does not run chrooted here: {_last(probe.stderr)}"
+    return None
+
+
+def dpkg_command(target: Target, mode: str | None = None) -> list[str]:
+    """dpkg with the global options for this target: its root, a log inside it, where scripts run."""
+    mode = mode or script_mode(target)
+    argv = [*_wrapper(mode), "dpkg", f"--log={target.host_path(DPKG_LOG)}"]
     if target.is_sysroot:
-        argv = [f"--root={target.root}", *argv, "--force-script-chrootless"]
-        if os.geteuid() != 0:
-            argv.append("--force-not-root")
+        argv.insert(argv.index("dpkg") + 1, f"--root={target.root}")  # dpkg chroots into it for scripts
+        if mode == CHROOTLESS:
+            argv.append("--force-script-chrootless")
+            if os.geteuid() != 0:
+                argv.append("--force-not-root")
     return argv
+
+
+def run_dpkg(target: Target, mode: str, step: Sequence[str]) -> Any:
+    """One dpkg call; a failure raises nothing, the caller decides (roll back, report)."""
+    return target.run([*dpkg_command(target, mode), *step], timeout=DPKG_TIMEOUT)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM while a dpkg step runs: the caller checks the list between steps."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def note(signum: int, _frame: object) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def installed_packages(target: Target) -> dict[str, Installed]:
@@ -289,11 +446,12 @@ class InstallDebs(Operation):
     id = "debs.install"
     summary = "install sophon-driver, sophon-libsophon, sophon-libsophon-dev with dpkg"
 
-    def __init__(self, debs: Sequence[DebFile]) -> None:
+    def __init__(self, debs: Sequence[DebFile], scripts_here: bool = False) -> None:
         if not debs:
             raise OperationError("no debs to install")
         self.debs = list(debs)
         self.version = self.debs[0].version
+        self.scripts_here = scripts_here  # opt-in: a sysroot's scripts may run on this machine
 
     # -- plan --------------------------------------------------------------------------
 
@@ -314,13 +472,25 @@ class InstallDebs(Operation):
                 install = [d for d in self.debs if d.package in (LIBSOPHON, DRIVER)]
         return installed, remove, install, repairs
 
+    def _dropped(self, remove: Sequence[Installed]) -> list[Installed]:
+        """Packages the plan removes with no deb in the folder to replace them (the -dev one)."""
+        offered = {d.package for d in self.debs}
+        return [old for old in remove if old.package not in offered]
+
     def plan(self, target: Target) -> Plan:
+        mode = script_mode(target, self.scripts_here)
+        check_architectures(target, self.debs)
+        self._new_paths()  # every deb read to its end now, before anything is removed
         installed, remove, install, repairs = self._steps(target)
         plan = Plan(self.id, target.name, needs_root=not target.is_sysroot)
         now = ", ".join(f"{i.package} {i.version} ({i.status})" for i in installed.values()) or "no sophon packages"
         plan.notes.append(f"dpkg says installed now: {now}")
+        dropped = {d.package for d in self._dropped(remove)}
         for old in remove:
-            plan.changes.append(Change(f"dpkg -r {old.package}", f"{old.package} {old.version} ({old.status})", None))
+            what = f"dpkg -r {old.package}"
+            if old.package in dropped:
+                what += " (no replacement in the debs folder: stays removed)"
+            plan.changes.append(Change(what, f"{old.package} {old.version} ({old.status})", None))
         for deb in install:
             before = installed.get(deb.package)
             plan.changes.append(Change(f"dpkg -i {deb.filename}",
@@ -328,6 +498,10 @@ class InstallDebs(Operation):
                                        f"{deb.package} {deb.version}"))
         if repairs:
             plan.notes.append(f"reinstalling because: {'; '.join(repairs)}")
+        for old in self._dropped(remove):
+            plan.notes.append(f"{old.package} {old.version} will be REMOVED and not reinstalled: it depends on "
+                              f"libsophon (= {old.version}) and the folder has no {old.package}_{self.version} deb; "
+                              "add it to the folder to keep a -dev package")
         if plan.changes:
             plan.notes.append("order: remove the old packages first (Sophgo's procedure: the old prerm unloads the "
                               "module), then one dpkg call per deb, driver -> libsophon -> libsophon-dev, so a "
@@ -336,6 +510,7 @@ class InstallDebs(Operation):
                 plan.notes.append(f"kept for undo: {old.package} {old.version}: {self._keep_source(target, old)}")
             plan.notes.append(f"kept for undo: a snapshot of {ADMINDIR} (sophon entries), /opt/sophon and the "
                               f"files the scripts write, under {BACKUPS}")
+            plan.notes.append(_mode_note(target, mode))
         return plan
 
     def _keep_source(self, target: Target, old: Installed) -> str:
@@ -357,6 +532,11 @@ class InstallDebs(Operation):
     # -- apply -------------------------------------------------------------------------
 
     def apply(self, target: Target, plan: Plan, journal: Journal) -> None:
+        mode = script_mode(target, self.scripts_here)
+        with deferred_interrupts() as caught:
+            self._apply(target, journal, mode, caught)
+
+    def _apply(self, target: Target, journal: Journal, mode: str, caught: list[int]) -> None:
         installed, remove, install, _ = self._steps(target)
         if not remove and not install:
             return
@@ -368,32 +548,58 @@ class InstallDebs(Operation):
         kept = [self._keep(target, old, folder) for old in remove]
         machine_debs = [self._place(target, deb) for deb in install]
         steps = [["-r", old.package] for old in remove] + [["-i", target.host_path(p)] for p in machine_debs]
-        for step in steps:
-            result = target.run(["dpkg", *dpkg_base(target), *step], timeout=DPKG_TIMEOUT)
-            if not result.ok:
-                error = _dpkg_error(result.stdout + result.stderr)
-                snapshot.restore(before, tar)
-                after_rollback = installed_packages(target)
-                state = ", ".join(f"{i.package} {i.version} ({i.status})" for i in after_rollback.values())
-                raise OperationError(f"dpkg {' '.join(step[:1])} {os.path.basename(step[1])} failed: {error}; "
-                                     f"rolled back to the state before (dpkg: {state or 'no sophon packages'})")
-        after = snapshot.inventory()
-        target.write_atomic(f"{folder}/after.json", json.dumps(after, indent=1).encode(), backup=False)
-        journal.record(self.id, {
+        if caught:
+            raise ApplyInterrupted(f"interrupted before any dpkg step: the packages on {target.name} are as they "
+                                   f"were (only llmtpu's backup {folder} was written)")
+        # the record comes before the first change, so an interrupt anywhere below leaves a way back
+        entry = journal.record(self.id, {
             "backup": folder,
             "snapshot_paths": snapshot.paths,
             "removed": [{"package": o.package, "version": o.version} for o in remove],
             "installed": [{"package": d.package, "version": d.version} for d in install],
             "kept_debs": [k.__dict__ for k in kept],
+            "scripts": mode,
+            "state": "applying",
+            "steps_done": 0,
         })
+        for number, step in enumerate(steps, start=1):
+            what = f"dpkg {step[0]} {os.path.basename(step[1])}"
+            result = run_dpkg(target, mode, step)
+            if not result.ok:
+                error = _dpkg_error(result.stdout + result.stderr)
+                try:
+                    left = revert(target, mode, entry.undo, snapshot, before, tar)
+                except OperationError as exc:
+                    entry.undo["state"] = "rollback failed"
+                    _rewrite(target, entry)
+                    raise OperationError(f"{what} failed: {error}; rolling back failed too: {exc}; the record "
+                                         f"is kept: fix that, then `{undo_command(target)}`") from exc
+                entry.undo["state"] = "rolled back"
+                journal.mark_undone(entry)
+                state = _dpkg_state(target)
+                outcome = ("rolled back to the state before" if not left else
+                           f"rolled back, but {len(left)} thing(s) differ from before: {'; '.join(left[:3])}")
+                raise OperationError(f"{what} failed: {error}; {outcome} (dpkg: {state})")
+            entry.undo["steps_done"] = number
+            if caught or number == len(steps):
+                target.write_atomic(f"{folder}/after.json", json.dumps(snapshot.inventory(), indent=1).encode(),
+                                    backup=False)
+            if caught and number < len(steps):
+                entry.undo["state"] = "interrupted"
+                _rewrite(target, entry)
+                raise ApplyInterrupted(
+                    f"interrupted: step {number} of {len(steps)} ({what}) finished, the rest not run "
+                    f"(dpkg: {_dpkg_state(target)}); the way back: `{undo_command(target)}`; "
+                    "or run the same apply again to finish")
+            _rewrite(target, entry)
+        entry.undo["state"] = "applied"
+        _rewrite(target, entry)
 
     def _new_paths(self) -> list[str]:
         """Paths inside the new debs, so anything they add outside the usual places is noticed."""
         paths = set()
         for deb in self.debs:
-            out = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb.path], capture_output=True, check=False)
-            listing = subprocess.run(["tar", "-t"], input=out.stdout, capture_output=True, check=False)
-            for line in listing.stdout.decode(errors="replace").splitlines():
+            for line in deb_members(deb):
                 if line.endswith("/"):
                     continue  # folders such as /usr are noticed as ancestors, never walked whole
                 name = posixpath.normpath("/" + line.removeprefix("./"))
@@ -460,12 +666,76 @@ def _read(target: Target, path: str) -> str:
 
 
 def _dpkg_error(output: bytes) -> str:
-    """dpkg's own words for what failed: the first error line, or the last line."""
-    lines = [ln.strip() for ln in output.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    """dpkg's own words for what failed, and the last lines the failing script printed itself."""
+    lines = [ln.rstrip() for ln in output.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    error = lines[-1].strip() if lines else "(no output)"
     for index, line in enumerate(lines):
         if "returned error exit status" in line or line.startswith("dpkg: error"):
-            return " ".join(lines[index:index + 2]) if line.endswith(":") else line
-    return lines[-1] if lines else "(no output)"
+            error = " ".join(ln.strip() for ln in lines[index:index + 2]) if line.endswith(":") else line.strip()
+            break
+    said = [ln.strip() for ln in lines if not ln.startswith(DPKG_CHATTER)][-3:]
+    return f"{error}; the script said: {' | '.join(said)}" if said else error
+
+
+def _mode_note(target: Target, mode: str) -> str:
+    if mode == CHROOT:
+        return f"maintainer scripts run inside {target.root} (dpkg --root chroots into it)"
+    if mode == CHROOT_USERNS:
+        return (f"maintainer scripts run inside {target.root} (dpkg --root chroots into it, in a user namespace: "
+                "not root here, files are owned by this user)")
+    if mode == CHROOTLESS:
+        return (f"maintainer scripts run on THIS machine with DPKG_ROOT={target.root} (--scripts-on-this-machine): "
+                "a script that ignores $DPKG_ROOT changes this machine's files")
+    return "maintainer scripts run on this machine, the target"
+
+
+def _dpkg_state(target: Target) -> str:
+    now = installed_packages(target)
+    return ", ".join(f"{i.package} {i.version} ({i.status})" for i in now.values()) or "no sophon packages"
+
+
+def _rewrite(target: Target, entry: JournalRecord) -> None:
+    """Save an updated journal record in place (the Journal's own format)."""
+    target.write_atomic(entry.path, (json.dumps(asdict(entry), indent=2) + "\n").encode(), backup=False)
+
+
+def undo_command(target: Target) -> str:
+    """The command that reverts the newest record on this target, as the user types it."""
+    if target.is_sysroot:
+        return f"llmtpu undo --root {shlex.quote(target.root)}"
+    return "sudo llmtpu undo"
+
+
+def revert(target: Target, mode: str, data: dict[str, Any], snapshot: Snapshot, before: Inventory, tar: str,
+           leave: Sequence[str] = ()) -> list[str]:
+    """Put the packages back through dpkg, then the files; what still differs from ``before``.
+
+    The new packages still installed are purged (their prerm undoes what their postinst made),
+    the kept old debs are reinstalled with dpkg (their postinst recreates dkms state, /usr/src,
+    the links), then every snapshotted path that still differs is restored from the tar and
+    the result compared with the snapshot. Works for a partial apply too: only what is there
+    is purged, only what is missing is reinstalled."""
+    now = installed_packages(target)
+    for item in reversed(data["installed"]):
+        current = now.get(item["package"])
+        if current is not None and (current.version == item["version"] or not current.ok):
+            result = run_dpkg(target, mode, ["-P", item["package"]])
+            if not result.ok:
+                raise OperationError(f"dpkg -P {item['package']} failed: {_dpkg_error(result.stdout + result.stderr)}")
+    now = installed_packages(target)
+    order = {p: i for i, p in enumerate(PACKAGE_ORDER)}
+    for kept in sorted(data["kept_debs"], key=lambda k: order.get(k["package"], 9)):
+        current = now.get(kept["package"])
+        if kept["machine_path"] and (current is None or current.version != kept["version"] or not current.ok):
+            result = run_dpkg(target, mode, ["-i", target.host_path(kept["machine_path"])])
+            if not result.ok:
+                raise OperationError(f"reinstalling {kept['package']} {kept['version']} failed: "
+                                     f"{_dpkg_error(result.stdout + result.stderr)}")
+    snapshot.restore(before, tar, leave=leave)
+    after = snapshot.inventory()
+    skip = set(leave)
+    return sorted(f"{p} differs" for p in set(before) | set(after) if p not in skip and _differs(before.get(p),
+                                                                                                 after.get(p)))
 
 
 def rebuild_deb(target: Target, old: Installed, folder: str) -> KeptDeb:
@@ -514,14 +784,17 @@ def _control_of(target: Target, old: Installed) -> str:
 def undo_install(target: Target, entry: JournalRecord, execute: bool = True) -> Plan:
     """Purge what the install added, reinstall the kept debs, restore the snapshot byte for byte.
 
-    With ``execute`` false only the plan is made (after the same conflict check)."""
+    Also for an apply that was interrupted (or cut) partway. With ``execute`` false only the
+    plan is made (after the same conflict check)."""
     data = entry.undo
     folder = data["backup"]
+    mode = script_mode(target, scripts_here=data.get("scripts") == CHROOTLESS)
     before: Inventory = json.loads(target.read_text(f"{folder}/snapshot.json", limit=256 << 20))
-    after: Inventory = json.loads(target.read_text(f"{folder}/after.json", limit=256 << 20))
     snapshot = Snapshot(target)
     snapshot.paths = list(data["snapshot_paths"])
     now = snapshot.inventory()
+    cut = not target.exists(f"{folder}/after.json")  # the apply died before recording its result
+    after: Inventory = now if cut else json.loads(target.read_text(f"{folder}/after.json", limit=256 << 20))
     by_us = {p for p in set(before) | set(after) if _differs(before.get(p), after.get(p))}
     conflicts = sorted(p for p in by_us if _differs(after.get(p), now.get(p)))
     if conflicts:
@@ -529,12 +802,19 @@ def undo_install(target: Target, entry: JournalRecord, execute: bool = True) -> 
                              "overwrite them: put them back or remove the packages by hand")
     foreign = sorted(p for p in set(before) | set(now) if p not in by_us and _differs(before.get(p), now.get(p)))
     plan = Plan("undo " + entry.operation, target.name, needs_root=not target.is_sysroot)
+    installed = installed_packages(target)
     for item in reversed(data["installed"]):
-        plan.changes.append(Change(f"dpkg -P {item['package']}", f"{item['package']} {item['version']}", None))
+        current = installed.get(item["package"])
+        if current is not None and (current.version == item["version"] or not current.ok):
+            plan.changes.append(Change(f"dpkg -P {item['package']}", f"{item['package']} {item['version']}", None))
     for kept in data["kept_debs"]:
         if kept["machine_path"]:
             plan.changes.append(Change(f"dpkg -i {kept['machine_path']}", None, f"{kept['package']} {kept['version']}"))
     plan.changes.append(Change(f"restore {len(by_us)} path(s) from {folder}/snapshot.tar"))
+    if data.get("state") == "interrupted":
+        plan.notes.append(f"the apply was interrupted after step {data.get('steps_done')}: undoing what it did")
+    if cut:
+        plan.notes.append("the apply was cut before it recorded its result: every difference is taken as its own")
     if foreign:
         plan.notes.append(f"left alone (changed by something else since the install): {', '.join(foreign[:5])}")
     if not execute:
@@ -542,21 +822,11 @@ def undo_install(target: Target, entry: JournalRecord, execute: bool = True) -> 
     if foreign:  # the dpkg steps below may touch them (a prerm removing a file): keep them as they are now
         others = snapshot.save({p: now[p] for p in foreign if p in now}, folder,
                                time.strftime("foreign-%Y%m%dT%H%M%SZ", time.gmtime()))
-    for item in reversed(data["installed"]):
-        result = target.run(["dpkg", *dpkg_base(target), "-P", item["package"]], timeout=DPKG_TIMEOUT)
-        if not result.ok:
-            raise OperationError(f"dpkg -P {item['package']} failed: {_dpkg_error(result.stdout + result.stderr)}")
-    order = {p: i for i, p in enumerate(PACKAGE_ORDER)}
-    for kept in sorted(data["kept_debs"], key=lambda k: order.get(k["package"], 9)):
-        if kept["machine_path"]:
-            result = target.run(["dpkg", *dpkg_base(target), "-i", target.host_path(kept["machine_path"])],
-                                timeout=DPKG_TIMEOUT)
-            if not result.ok:
-                raise OperationError(f"reinstalling {kept['package']} {kept['version']} failed: "
-                                     f"{_dpkg_error(result.stdout + result.stderr)}")
-    snapshot.restore(before, f"{folder}/snapshot.tar", leave=foreign)
+    left = revert(target, mode, data, snapshot, before, f"{folder}/snapshot.tar", leave=foreign)
     if foreign:
         snapshot.restore({p: now[p] for p in foreign if p in now}, others, only=foreign)
+    if left:
+        raise OperationError(f"undo left {len(left)} path(s) unlike before: {'; '.join(left[:3])}")
     return plan
 
 
@@ -571,6 +841,7 @@ class ConfigureDebs(Operation):
 
     def plan(self, target: Target) -> Plan:
         plan = Plan(self.id, target.name, needs_root=not target.is_sysroot)
+        script_mode(target)  # refuses a sysroot its scripts cannot run inside
         broken = [i for i in installed_packages(target).values() if not i.ok and i.status[:1] == "i"]
         for item in broken:
             plan.changes.append(Change(f"dpkg --configure {item.package}", f"{item.package} {item.version} "
@@ -585,14 +856,19 @@ class ConfigureDebs(Operation):
         snapshot = Snapshot(target)
         before = snapshot.inventory()
         tar = snapshot.save(before, folder)
-        result = target.run(["dpkg", *dpkg_base(target), "--configure", "-a"], timeout=DPKG_TIMEOUT)
+        mode = script_mode(target)
+        with deferred_interrupts() as caught:  # one dpkg step: it finishes, then an interrupt takes effect
+            result = run_dpkg(target, mode, ["--configure", "-a"])
         if not result.ok:
             snapshot.restore(before, tar)
             raise OperationError(f"dpkg --configure -a failed: {_dpkg_error(result.stdout + result.stderr)}; "
                                  "rolled back to the state before")
         target.write_atomic(f"{folder}/after.json", json.dumps(snapshot.inventory(), indent=1).encode(), backup=False)
         journal.record(self.id, {"backup": folder, "snapshot_paths": snapshot.paths, "removed": [], "installed": [],
-                                 "kept_debs": []})
+                                 "kept_debs": [], "scripts": mode, "state": "applied"})
+        if caught:
+            raise ApplyInterrupted(f"interrupted after dpkg --configure -a finished; the way back: "
+                                   f"`{undo_command(target)}`")
 
     def verify(self, target: Target) -> list[str]:
         return [f"dpkg: {i.package} {i.version} is {i.status}" for i in installed_packages(target).values()

@@ -3,10 +3,13 @@
 The card is in this machine's reader, not on the board; the board is never touched. Procedure
 and layout: sophgo.md §5. The order of work keeps the card safe:
 
-1. everything is checked before the card is written: the archive (every member stays inside
-   its folder, no device nodes, sizes, ``md5.txt``), then the card (one FAT32 partition, space,
-   not mounted, not the system disk); a refusal leaves the card byte for byte as it was;
-2. the payload is copied with mtools (no mount: works without root on an image), then read
+1. everything is checked before the card is written: the archive, in one streaming pass that
+   unpacks nothing (every member stays inside its folder, a name FAT can hold, no device
+   nodes or sparse files, sizes from the headers against the card, ``md5.txt``), then the card
+   (one FAT32 partition, space, not mounted, not the system disk); a refusal leaves the card
+   byte for byte as it was;
+2. the payload is streamed member by member from the archive into mtools (no mount: works
+   without root on an image; no temp copy, the bytes are checked against the first pass), then read
    back from the device after a sync and a page-cache drop (a verify that reads the cache
    proves nothing: etcher#1523), and compared by sha256 with the archive;
 3. only then the u-boot trigger (``boot.scr``) is written and verified, the way Raspberry Pi
@@ -16,16 +19,19 @@ and layout: sophgo.md §5. The order of work keeps the card safe:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import posixpath
 import re
-import shutil
 import stat
+import subprocess
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from llmtpu.provision.operation import Change, Plan
 from llmtpu.target import LocalTarget, Target, TargetError
@@ -38,6 +44,10 @@ FAT32_TYPES = frozenset({0x0B, 0x0C})
 TRIGGER_FILES = ("boot.scr", "BOOT")
 #: Characters FAT long names cannot hold; mtools would mangle them and the verify would fail.
 FAT_FORBIDDEN = frozenset('"*:<>?\\|')
+FAT_MAX_NAME = 255
+#: Files at most SMALL_LIMIT bytes: the md5 list (read whole) and the trigger (held in memory to go last).
+SMALL_FILES = ("md5.txt", "boot.scr", "boot")
+SMALL_LIMIT = 1 << 20
 MAX_LINK_HOPS = 40
 CHUNK = 1 << 20
 #: What to do on the board once the card is ready (sophgo.md §5).
@@ -66,7 +76,7 @@ class SdcardError(Exception):
 @dataclass(frozen=True)
 class StagedFile:
     card_path: str  # "/boot.scr", as it will be on the card
-    local: Path  # the unpacked copy in the private work folder
+    member: str  # the archive member whose bytes it gets (a link's target for a link)
     size: int
     sha256: str
     md5: str
@@ -74,6 +84,7 @@ class StagedFile:
 
 @dataclass
 class StagedArchive:
+    archive: Path
     files: list[StagedFile]
     top_folder: str | None  # the folder the archive wraps its files in, stripped on the card
     md5_checked: int = 0
@@ -93,6 +104,20 @@ class StagedArchive:
         return sorted(found, key=lambda p: (p.count("/"), p))
 
 
+def fat_name_problem(part: str) -> str | None:
+    """Why FAT cannot hold this one path component as named, or None.
+
+    A trailing dot or space is dropped by FAT (and by mtools), so the file would land under
+    another name and fail the read-back after the card was written; refused up front instead."""
+    if any(c in FAT_FORBIDDEN or ord(c) < 32 for c in part):
+        return "has a character FAT cannot store"
+    if part.endswith((".", " ")):
+        return "ends with a dot or a space, which FAT drops from names"
+    if len(part) > FAT_MAX_NAME:
+        return f"has a name longer than FAT's {FAT_MAX_NAME} characters"
+    return None
+
+
 def _clean_name(raw: str, what: str) -> str:
     """An archive name as a relative path, or a refusal when it could land outside its folder."""
     if raw.startswith("/") or raw.startswith("\\"):
@@ -101,12 +126,13 @@ def _clean_name(raw: str, what: str) -> str:
     if ".." in parts:
         raise SdcardError(f"archive {what} {raw!r} climbs out of its folder with '..'; refusing the archive")
     for part in parts:
-        if any(c in FAT_FORBIDDEN or ord(c) < 32 for c in part):
-            raise SdcardError(f"archive {what} {raw!r} has a character FAT cannot store; refusing the archive")
+        problem = fat_name_problem(part)
+        if problem:
+            raise SdcardError(f"archive {what} {raw!r} {problem}; refusing the archive")
     return "/".join(parts)
 
 
-def _resolve_link(name: str, links: dict[str, str], files: dict[str, Path]) -> str:
+def _resolve_link(name: str, links: dict[str, str], files: dict[str, tuple[int, str, str]]) -> str:
     """Follow archive links to a regular file inside the archive (FAT has no links)."""
     seen = name
     for _ in range(MAX_LINK_HOPS):
@@ -119,38 +145,40 @@ def _resolve_link(name: str, links: dict[str, str], files: dict[str, Path]) -> s
     raise SdcardError(f"archive link {name!r}: too many levels of links")
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> tuple[str, str]:
-    """Copy one member out with its hashes, never trusting the header's size alone."""
+def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, keep: int = 0) -> tuple[str, str, bytes]:
+    """sha256 and md5 of a member's bytes, read as a stream (never written anywhere), and its
+    first ``keep`` bytes; the header's size is not trusted alone."""
     source = tar.extractfile(member)
     if source is None:
         raise SdcardError(f"archive member {member.name!r} cannot be read")
     sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    kept = bytearray()
     count = 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with source, open(dest, "wb") as out:
+    with source:
         while chunk := source.read(CHUNK):
             sha.update(chunk)
             md5.update(chunk)
-            out.write(chunk)
+            if len(kept) < keep:
+                kept += chunk[:keep - len(kept)]
             count += len(chunk)
     if count != member.size:
         raise SdcardError(f"archive member {member.name!r} is truncated ({count} of {member.size} bytes)")
-    return sha.hexdigest(), md5.hexdigest()
+    return sha.hexdigest(), md5.hexdigest(), bytes(kept)
 
 
-def unpack_archive(archive: Path, workdir: Path, limit_bytes: int) -> StagedArchive:
-    """Check every member and unpack the files into ``workdir`` (ours, private), one pass.
+def scan_archive(archive: Path, limit_bytes: int) -> StagedArchive:
+    """Check every member in one streaming pass; nothing is unpacked, nothing is written.
 
-    Nothing is written to the card here. Links are refused when absolute or leaving the
-    package folder, and otherwise become copies of the file they name. ``limit_bytes`` stops
-    early when the archive holds more than the card could ever take.
+    Sizes come from the headers and are summed before a member's bytes are read, so an
+    archive holding more than the card (a sparse or compressed giant) is refused at once;
+    sparse members are refused (FAT has no sparse files). Links are refused when absolute or
+    leaving the package folder, and otherwise become copies of the file they name.
     """
-    payload = workdir / "payload"
-    files: dict[str, Path] = {}
     hashes: dict[str, tuple[int, str, str]] = {}
     links: dict[str, str] = {}
     kinds: dict[str, str] = {}
     lowered: dict[str, str] = {}
+    small: dict[str, bytes] = {}  # md5.txt, read whole; boot.scr and BOOT are size-checked (kept in memory later)
     total = 0
     try:
         with tarfile.open(archive, "r|*") as tar:
@@ -165,15 +193,24 @@ def unpack_archive(archive: Path, workdir: Path, limit_bytes: int) -> StagedArch
                 if member.isdir():
                     kinds[name] = "dir"
                 elif member.isfile():
+                    if member.issparse():
+                        raise SdcardError(f"archive member {member.name!r} is a sparse file ({member.size} bytes); "
+                                          "FAT has none and Sophgo's package holds none: refusing the archive")
                     if member.size > FAT32_MAX_FILE:
                         raise SdcardError(f"archive member {member.name!r} is {member.size} bytes; FAT32 holds "
                                           "at most 4 GiB per file")
                     total += member.size
                     if total > limit_bytes:
-                        raise SdcardError(f"the archive holds more than the card's {limit_bytes >> 20} MiB; "
-                                          "use a bigger card")
-                    files[name] = payload / name
-                    sha, md5 = _extract(tar, member, files[name])
+                        raise SdcardError(f"the archive holds more than the card's {limit_bytes >> 20} MiB "
+                                          f"({member.name!r} alone is {member.size >> 20} MiB); use a bigger card")
+                    whole = posixpath.basename(name).lower() in SMALL_FILES
+                    if whole and member.size > SMALL_LIMIT:
+                        raise SdcardError(f"archive member {member.name!r} is {member.size} bytes; a u-boot "
+                                          f"script or list is at most {SMALL_LIMIT >> 10} KiB: refusing the archive")
+                    is_list = posixpath.basename(name).lower() == "md5.txt"
+                    sha, md5, head = _hash_member(tar, member, SMALL_LIMIT if is_list else 0)
+                    if is_list:
+                        small[name] = head
                     hashes[name] = (member.size, sha, md5)
                     kinds[name] = "file"
                 elif member.issym():
@@ -191,7 +228,7 @@ def unpack_archive(archive: Path, workdir: Path, limit_bytes: int) -> StagedArch
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise SdcardError(f"{archive}: not a readable tar archive ({exc}); download it again") from exc
     except OSError as exc:
-        raise SdcardError(f"unpacking {archive} into {workdir}: {exc.strerror or exc}") from exc
+        raise SdcardError(f"reading {archive}: {exc.strerror or exc}") from exc
 
     for name in kinds:  # nothing may lie below a file or a link (a link to a folder, unpacked, escapes)
         parent = posixpath.dirname(name)
@@ -203,40 +240,35 @@ def unpack_archive(archive: Path, workdir: Path, limit_bytes: int) -> StagedArch
 
     tops = {name.split("/", 1)[0] for name in kinds}
     top = next(iter(tops)) if len(tops) == 1 and kinds.get(next(iter(tops)), "dir") == "dir" else None
+    sources = {name: name for name in hashes}
     for name in links:
         if top is not None and not links[name].startswith(top + "/"):
             raise SdcardError(f"archive link {name!r} points outside the package folder {top!r}; "
                               "refusing the archive")
-        real = _resolve_link(name, links, files)
-        size, sha, md5 = hashes[real]
-        total += size
+        sources[name] = _resolve_link(name, links, hashes)
+        total += hashes[sources[name]][0]
         if total > limit_bytes:
             raise SdcardError(f"the archive holds more than the card's {limit_bytes >> 20} MiB; use a bigger card")
-        files[name] = payload / name
-        files[name].parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(files[real], files[name])
-        hashes[name] = hashes[real]
 
     def card_path(name: str) -> str:
         return "/" + (name[len(top) + 1:] if top else name)
 
-    staged = StagedArchive(
-        [StagedFile(card_path(n), files[n], *hashes[n]) for n in sorted(files)], top)
-    check_md5_list(staged)
+    staged = StagedArchive(archive, [StagedFile(card_path(n), sources[n], *hashes[sources[n]])
+                                     for n in sorted(sources)], top)
+    check_md5_list(staged, next((data for n, data in small.items() if card_path(n).lower() == "/md5.txt"), None))
     return staged
 
 
 _MD5_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
 
 
-def check_md5_list(staged: StagedArchive) -> None:
-    """Compare every file named in ``md5.txt`` (``md5sum ./* > md5.txt``) with its unpacked bytes."""
-    by_path = {f.card_path.lower(): f for f in staged.files}
-    listing = by_path.get("/md5.txt")
+def check_md5_list(staged: StagedArchive, listing: bytes | None) -> None:
+    """Compare every file named in ``md5.txt`` (``md5sum ./* > md5.txt``) with its archive bytes."""
     if listing is None:
         return
+    by_path = {f.card_path.lower(): f for f in staged.files}
     listed = set()
-    for number, line in enumerate(listing.local.read_text(errors="replace").splitlines(), 1):
+    for number, line in enumerate(listing.decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         match = _MD5_LINE.match(line.strip())
@@ -355,6 +387,49 @@ class Mtools:
     def timeout_for(size: int) -> float:
         return 120.0 + size / (1 << 20)  # a slow reader writes ~1 MiB/s at worst
 
+    def _stream(self, argv: list[str], size: int, feed: IO[bytes] | None) -> str:
+        """Run an mtools copy with ``-`` as one side, streaming; sha256 of the bytes that passed.
+
+        mtools runs on this machine (the card is in its reader); a deadline kills a stuck copy."""
+        try:
+            proc = subprocess.Popen([argv[0], "-i", self.spec, *argv[1:]], stdin=subprocess.PIPE if feed else
+                                    subprocess.DEVNULL, stdout=None if feed else subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except FileNotFoundError as exc:
+            raise SdcardError(f"{argv[0]}: not found (install mtools: apt-get install mtools)") from exc
+        timer = threading.Timer(self.timeout_for(size), proc.kill)
+        timer.start()
+        digest = hashlib.sha256()
+        try:
+            pipe = proc.stdin if feed else proc.stdout
+            assert pipe is not None
+            with pipe:
+                while True:
+                    chunk = feed.read(CHUNK) if feed else pipe.read(CHUNK)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    if feed:
+                        pipe.write(chunk)
+            error = proc.stderr.read() if proc.stderr else b""
+            code = proc.wait()
+        except BrokenPipeError:
+            error, code = (proc.stderr.read() if proc.stderr else b""), proc.wait()
+        finally:
+            timer.cancel()
+        if code != 0:
+            detail = error.decode(errors="replace").strip().splitlines() or [f"exit {code}"]
+            raise SdcardError(f"{argv[0]} on {self.spec} failed: {detail[-1]}")
+        return digest.hexdigest()
+
+    def pipe_in(self, source: IO[bytes], card_path: str, size: int) -> str:
+        """Write a stream onto the card at ``card_path`` (replacing a file there)."""
+        return self._stream(["mcopy", "-D", "o", "-", f"::{card_path}"], size, source)
+
+    def pipe_out(self, card_path: str, size: int) -> str:
+        """Read a file from the card as a stream."""
+        return self._stream(["mcopy", "-n", f"::{card_path}", "-"], size, None)
+
     def info(self) -> dict[str, str]:
         out = self.run(["minfo", "::"])
         return {k.strip(): v.strip().strip('"') for k, _, v in
@@ -410,11 +485,11 @@ def inspect_card(path: str, is_device: bool, runner: Target | None = None) -> Ca
 # Plan, write, verify
 
 
-def prepare(archive: Path, card_path: str, is_device: bool, workdir: Path,
+def prepare(archive: Path, card_path: str, is_device: bool,
             runner: Target | None = None) -> tuple[Card, StagedArchive, Plan]:
-    """Every check, and the plan; the card is only read. ``workdir`` receives the unpacked files."""
+    """Every check, and the plan; the card and the archive are only read, nothing is unpacked."""
     card = inspect_card(card_path, is_device, runner)
-    staged = unpack_archive(archive, workdir, card.total_bytes)
+    staged = scan_archive(archive, card.total_bytes)
     return card, staged, plan_stage(card, staged)
 
 
@@ -482,22 +557,13 @@ def drop_cached_pages(path: str) -> None:
         os.close(fd)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class CardWriter:
-    """Carries out a stage plan on one card; the work folder holds the unpacked archive."""
+    """Carries out a stage plan on one card, streaming each member from the archive to the card."""
 
-    def __init__(self, card: Card, staged: StagedArchive, workdir: Path, runner: Target | None = None,
+    def __init__(self, card: Card, staged: StagedArchive, runner: Target | None = None,
                  progress: Progress | None = None) -> None:
         self.card = card
         self.staged = staged
-        self.workdir = workdir
         self.tools = Mtools(runner or LocalTarget("/"), card.spec)
         self.progress = progress or (lambda phase, done, total: None)
 
@@ -511,41 +577,74 @@ class CardWriter:
         for folder in self.staged.folders():
             if folder.lower() not in self.card.existing:
                 self.tools.run(["mmd", f"::{folder}"])
-        self._copy(payload, "write")
+        held = self._stream_payload(payload, {f.member for f in triggers})
         problems = self.verify(payload)
         if problems:
             return problems + ["boot.scr was not written: the board will not start a flash from this card"]
-        self._copy(triggers, "write boot.scr")
+        done = 0
+        for entry in triggers:
+            self._send(io.BytesIO(held[entry.member]), entry)
+            done += entry.size
+            self.progress("write boot.scr", done, sum(f.size for f in triggers))
         return self.verify(triggers)
 
-    def _copy(self, entries: list[StagedFile], phase: str) -> None:
-        total = sum(f.size for f in entries)
+    def _stream_payload(self, payload: list[StagedFile], trigger_members: set[str]) -> dict[str, bytes]:
+        """One pass over the archive: each member goes to every card path it fills (its links too);
+        the trigger's bytes are held back (small, checked) to be written last."""
+        by_member: dict[str, list[StagedFile]] = {}
+        for entry in payload:
+            by_member.setdefault(entry.member, []).append(entry)
+        total = sum(f.size for f in payload)
         done = 0
-        for entry in entries:
-            self.tools.run(["mcopy", "-D", "o", str(entry.local), f"::{entry.card_path}"],
-                           timeout=Mtools.timeout_for(entry.size))
-            done += entry.size
-            self.progress(phase, done, total)
+        held: dict[str, bytes] = {}
+        try:
+            with tarfile.open(self.staged.archive, "r|*") as tar:
+                for member in tar:
+                    name = "/".join(p for p in member.name.split("/") if p not in ("", "."))
+                    if not member.isfile() or (name not in by_member and name not in trigger_members):
+                        continue
+                    source = tar.extractfile(member)
+                    if source is None:
+                        raise SdcardError(f"archive member {member.name!r} cannot be read")
+                    with source:
+                        if name in trigger_members:
+                            held[name] = source.read(SMALL_LIMIT + 1)
+                            if name not in by_member:
+                                continue
+                            source = io.BytesIO(held[name])
+                        first, *others = by_member.pop(name)
+                        self._send(source, first)
+                    for other in others:  # a link: the same bytes again, card to card
+                        self.tools.run(["mcopy", "-D", "o", f"::{first.card_path}", f"::{other.card_path}"],
+                                       timeout=Mtools.timeout_for(other.size))
+                    done += first.size * (1 + len(others))
+                    self.progress("write", done, total)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise SdcardError(f"{self.staged.archive}: reading it again for the copy failed ({exc})") from exc
+        if by_member:
+            raise SdcardError(f"{self.staged.archive} changed since it was checked: "
+                              f"{next(iter(by_member))} is gone; nothing more was written")
+        return held
+
+    def _send(self, source: IO[bytes], entry: StagedFile) -> None:
+        sha = self.tools.pipe_in(source, entry.card_path, entry.size)
+        if sha != entry.sha256:
+            raise SdcardError(f"{self.staged.archive} changed since it was checked: {entry.card_path} now has "
+                              f"sha256 {sha[:16]}…, checked {entry.sha256[:16]}…")
 
     def verify(self, entries: list[StagedFile] | None = None) -> list[str]:
         """Read each file back from the card (cache dropped first) and compare sha256."""
         entries = self.staged.files if entries is None else entries
         drop_cached_pages(self.card.path)
-        scratch = self.workdir / "readback"
         total = sum(f.size for f in entries)
         done = 0
         problems = []
         for entry in entries:
             try:
-                self.tools.run(["mcopy", "-n", "-D", "o", f"::{entry.card_path}", str(scratch)],
-                               timeout=Mtools.timeout_for(entry.size))
+                got = self.tools.pipe_out(entry.card_path, entry.size)
             except SdcardError as exc:
                 problems.append(f"{entry.card_path}: cannot be read back ({exc})")
                 continue
-            try:
-                got = _sha256_file(scratch)
-            finally:
-                scratch.unlink(missing_ok=True)
             if got != entry.sha256:
                 problems.append(f"{entry.card_path}: sha256 on the card {got[:16]}… differs from the archive's "
                                 f"{entry.sha256[:16]}…")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +48,28 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.provision.operation import OperationError, confirm
     from llmtpu.provision.sdcard import BOARD_STEPS, CardWriter, SdcardError, prepare
 
-    with tempfile.TemporaryDirectory(prefix="llmtpu-sdcard-") as work:
+    try:
+        card, staged, plan = prepare(archive, card_path, bool(args.device))
+    except SdcardError as exc:
+        print(f"llmtpu: refused: {exc}; nothing was written", file=sys.stderr)
+        return EXIT_REFUSED
+    for line in plan.lines():
+        print(line)
+    if args.dry_run:
+        return 0
+    try:
+        if not confirm([plan], args.yes):
+            print("nothing was written", file=sys.stderr)
+            return EXIT_REFUSED
+    except OperationError as exc:
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    with ProgressBar() as progress:
         try:
-            card, staged, plan = prepare(archive, card_path, bool(args.device), Path(work))
+            problems = CardWriter(card, staged, progress=progress).write_and_verify()
         except SdcardError as exc:
-            print(f"llmtpu: refused: {exc}; nothing was written", file=sys.stderr)
-            return EXIT_REFUSED
-        for line in plan.lines():
-            print(line)
-        if args.dry_run:
-            return 0
-        try:
-            if not confirm([plan], args.yes):
-                print("nothing was written", file=sys.stderr)
-                return EXIT_REFUSED
-        except OperationError as exc:
             print(f"llmtpu: error: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
-        with ProgressBar() as progress:
-            try:
-                problems = CardWriter(card, staged, Path(work), progress=progress).write_and_verify()
-            except SdcardError as exc:
-                print(f"llmtpu: error: {exc}", file=sys.stderr)
-                return EXIT_VERIFY_FAILED
+            return EXIT_VERIFY_FAILED
     for problem in problems:
         print(f"llmtpu: verify failed: {problem}", file=sys.stderr)
     if problems:

@@ -83,3 +83,26 @@ def test_correct_output_at_the_default_clock_changes_nothing(sysroot, tmp_path: 
     statuses, _ = run_playbook(root, engine, tmp_path / "state.json")
     assert statuses == {"smoke": "done", "search": "skipped", "verify": "done"}
     assert (root / TPLL_RATE).read_text().strip() == "950000000"
+
+
+def test_each_rate_runs_once_below_the_failing_one_and_q3_lowers_mpll_vpll(sysroot, tmp_path: Path) -> None:
+    """Issue 14 item 4: no re-runs at the starting rate, mpll/vpll lowered as Q3 does, a compact table."""
+    root = sysroot("soc-board-ok")
+    engine = stand_in_engine(tmp_path, root, 800_000_000)
+    log = tmp_path / "rates.log"
+    text = engine.read_text().replace('  rate=$(cat', f'  cat "{root}/{TPLL_RATE}" >> "{log}"\n  rate=$(cat', 1)
+    engine.write_text(text)
+    statuses, outcomes = run_playbook(root, engine, tmp_path / "state.json")
+    assert statuses == {"smoke": "done", "search": "done", "verify": "done"}, outcomes
+    runs = [int(line) // 1_000_000 for line in log.read_text().split()]
+    # the first smoke step at 950, then each lower rate once until 800 passes, then the verify step
+    assert runs == [950, 900, 850, 800, 800], runs
+    rates = FakeClockDriver(root).rates()
+    assert rates == {"mpll_clock": 1_800_000_000, "tpll_clock": 800_000_000, "vpll_clock": 100_000_000}
+    search = next(o for o in outcomes if o.step == "search")
+    table = [line for line in search.lines if line.split()[:1] and line.split()[0].isdigit()]
+    assert [line.split() for line in table] == [["900", "1800", "100", "wrong"], ["850", "1800", "100", "wrong"],
+                                                ["800", "1800", "100", "correct"]]
+    assert not any("[Service]" in line or "ExecStart" in line for line in search.lines)
+    unit = (root / UNIT_PATH.lstrip("/")).read_text()
+    assert "setr mpll_clock 1800000000" in unit and "setr vpll_clock 100000000" in unit

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import require
-from tests.provision.debfactory import build_release
+from tests.provision.debfactory import build_release, make_runnable
 
 #: llmtpu's own state (journal, kept debs, snapshots, dpkg log of its runs) is left by undo on
 #: purpose: it is the history. Everything else must come back byte for byte.
@@ -27,6 +28,23 @@ def release(tmp_path: Path):
         if not out.exists():
             build_release(tmp_path / f"build-{version}", out, version)
         return out
+
+    return make
+
+
+@pytest.fixture
+def debroot(sysroot):
+    """Factory: debroot("pcie-host-old-driver") -> a sample sysroot with a /bin/sh, as dpkg needs.
+
+    dpkg --root runs the maintainer scripts chrooted into the root: that needs a shell in the
+    tree (a static busybox here) and root, or a user namespace when the tests run unprivileged."""
+    require(shutil.which("busybox") is not None, "busybox is not installed (apt-get install busybox-static)")
+    require(os.geteuid() == 0 or subprocess.run(["unshare", "--map-root-user", "true"], capture_output=True,
+                                                check=False).returncode == 0,
+            "not root and no user namespaces (unshare --map-root-user): dpkg cannot chroot into a sysroot")
+
+    def make(name: str | None) -> Path:
+        return make_runnable(sysroot(name))
 
     return make
 

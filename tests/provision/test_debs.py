@@ -26,8 +26,8 @@ def statuses(root: Path) -> dict[str, tuple[str, str]]:
     return {name: (i.version, i.status) for name, i in debs.installed_packages(LocalTarget(str(root))).items()}
 
 
-def test_plan_says_what_is_installed_what_changes_in_which_order(sysroot, release) -> None:
-    root = sysroot("pcie-host-old-driver")
+def test_plan_says_what_is_installed_what_changes_in_which_order(debroot, release) -> None:
+    root = debroot("pcie-host-old-driver")
     before = fingerprint(root)
     plan = debs.InstallDebs(debs.debs_in(str(release("0.5.1")))).plan(LocalTarget(str(root)))
     assert [c.what for c in plan.changes] == [
@@ -41,8 +41,8 @@ def test_plan_says_what_is_installed_what_changes_in_which_order(sysroot, releas
     assert fingerprint(root) == before  # planning reads only
 
 
-def test_dry_run_prints_only_the_plan(sysroot, release, capsys) -> None:
-    root = sysroot("pcie-host-old-driver")
+def test_dry_run_prints_only_the_plan(debroot, release, capsys) -> None:
+    root = debroot("pcie-host-old-driver")
     before = fingerprint(root)
     assert cli(["debs", "apply", "--debs", str(release("0.5.1")), "--root", str(root), "--dry-run"]) == 0
     assert "6 change(s)" in capsys.readouterr().out
@@ -50,8 +50,8 @@ def test_dry_run_prints_only_the_plan(sysroot, release, capsys) -> None:
     assert not (root / "var/lib/llmtpu").exists()
 
 
-def test_apply_verify_apply_again_then_undo_byte_for_byte(sysroot, release, capsys) -> None:
-    root = sysroot("pcie-host-old-driver")
+def test_apply_verify_apply_again_then_undo_byte_for_byte(debroot, release, capsys) -> None:
+    root = debroot("pcie-host-old-driver")
     before = fingerprint(root)
     folder = release("0.5.1")
     assert cli(["debs", "apply", "--debs", str(folder), "--root", str(root), "--yes"]) == 0
@@ -73,8 +73,8 @@ def test_apply_verify_apply_again_then_undo_byte_for_byte(sysroot, release, caps
     assert "nothing to undo" in capsys.readouterr().err
 
 
-def test_failing_postinst_is_rolled_back_and_reported_exactly(sysroot, release) -> None:
-    root = sysroot("pcie-host-old-driver")
+def test_failing_postinst_is_rolled_back_and_reported_exactly(debroot, release) -> None:
+    root = debroot("pcie-host-old-driver")
     (root / "FAIL-DRIVER-POSTINST").write_text("")
     before = fingerprint(root)
     with pytest.raises(OperationError) as caught:
@@ -87,8 +87,8 @@ def test_failing_postinst_is_rolled_back_and_reported_exactly(sysroot, release) 
     assert Journal(LocalTarget(str(root))).last() is None
 
 
-def test_upgrade_keeps_a_rebuilt_deb_and_undo_reinstalls_it(sysroot, release) -> None:
-    root = sysroot(None)
+def test_upgrade_keeps_a_rebuilt_deb_and_undo_reinstalls_it(debroot, release) -> None:
+    root = debroot(None)
     install(root, release("0.5.0"))
     for kept in (root / "var/lib/llmtpu/debs").glob("*0.5.0*"):
         kept.unlink()  # no cached copy left: undo must rely on the deb rebuilt from dpkg's database
@@ -112,8 +112,8 @@ def test_upgrade_keeps_a_rebuilt_deb_and_undo_reinstalls_it(sysroot, release) ->
     assert fingerprint(root) == before
 
 
-def test_undo_refuses_to_overwrite_what_changed_since_and_leaves_others_edits(sysroot, release) -> None:
-    root = sysroot("pcie-host-old-driver")
+def test_undo_refuses_to_overwrite_what_changed_since_and_leaves_others_edits(debroot, release) -> None:
+    root = debroot("pcie-host-old-driver")
     install(root, release("0.5.1"))
     target = LocalTarget(str(root))
     link = root / "opt/sophon/libsophon-current"

@@ -1,7 +1,7 @@
 """`doctor --fix` semantics through provision/fixes.py on sample trees, with real dpkg and test-built debs.
 
-How the "reloaded driver" is simulated: the test driver deb's postinst, run by real dpkg with
---force-script-chrootless, writes the sysroot's /proc/bmsophon/driver_version in the real
+How the "reloaded driver" is simulated: the test driver deb's postinst, run by real dpkg chrooted
+into the sysroot, writes the sysroot's /proc/bmsophon/driver_version in the real
 driver's format, standing in for `modprobe bmsophon` of the new module (tests/provision/debfactory.py).
 """
 
@@ -26,8 +26,8 @@ def doctor_status(root: Path) -> dict[str, str]:
     return {r.id: r.status for r in run_doctor(LocalTarget(str(root)), DoctorOptions()).results}
 
 
-def test_doctor_fix_yes_makes_old_driver_host_current_and_undo_restores_it(sysroot, release) -> None:
-    root = sysroot("pcie-host-old-driver")
+def test_doctor_fix_yes_makes_old_driver_host_current_and_undo_restores_it(debroot, release) -> None:
+    root = debroot("pcie-host-old-driver")
     before = fingerprint(root)
     assert doctor_status(root)["driver.date"] == "fail"
     out = io.StringIO()
@@ -49,8 +49,8 @@ def test_doctor_fix_yes_makes_old_driver_host_current_and_undo_restores_it(sysro
     assert fingerprint(root) == before
 
 
-def test_doctor_fix_refuses_without_yes_and_without_a_terminal(sysroot, release) -> None:
-    root = sysroot("pcie-host-old-driver")
+def test_doctor_fix_refuses_without_yes_and_without_a_terminal(debroot, release) -> None:
+    root = debroot("pcie-host-old-driver")
     before = fingerprint(root)
     with pytest.raises(OperationError, match="no terminal to ask on"):
         fixes.doctor_fix(LocalTarget(str(root)), DoctorOptions(), False, io.StringIO(),
@@ -58,12 +58,12 @@ def test_doctor_fix_refuses_without_yes_and_without_a_terminal(sysroot, release)
     assert fingerprint(root) == before
 
 
-def test_half_configured_packages_are_configured_and_undone(sysroot, release) -> None:
-    root = sysroot(None)
+def test_half_configured_packages_are_configured_and_undone(debroot, release) -> None:
+    root = debroot(None)
     (root / "FAIL-DRIVER-POSTINST").write_text("")
     folder = release("0.5.1")
     target = LocalTarget(str(root))
-    subprocess.run(["dpkg", *debs.dpkg_base(target), "-i", *(str(p) for p in sorted(folder.iterdir()))],
+    subprocess.run([*debs.dpkg_command(target), "-i", *(str(p) for p in sorted(folder.iterdir()))],
                    capture_output=True, check=False)
     (root / "FAIL-DRIVER-POSTINST").unlink()
     assert debs.installed_packages(target)["sophon-driver"].status == "iF"
@@ -94,12 +94,12 @@ def test_root_needed_and_sudo_would_ask_for_a_password(tmp_path: Path, monkeypat
         fixes.rerun_with_sudo(["doctor", "--fix"])
 
 
-def test_cli_doctor_fix_yes_then_undo_is_byte_for_byte(sysroot, release) -> None:
+def test_cli_doctor_fix_yes_then_undo_is_byte_for_byte(debroot, release) -> None:
     """The provisioning issue's done-when, through the real `llmtpu` command in a subprocess."""
     import json
     import sys
 
-    root = sysroot("pcie-host-old-driver")
+    root = debroot("pcie-host-old-driver")
     before = fingerprint(root)
 
     def llmtpu(*args: str) -> subprocess.CompletedProcess[str]:

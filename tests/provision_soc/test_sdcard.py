@@ -124,13 +124,13 @@ def test_whole_card_fat_links_folders_and_boot_scr_last(tmp_path: Path) -> None:
         member("data/alias.gz", kind=tarfile.SYMTYPE, link="part.1-of-1.gz"),
         member("hard.scr", kind=tarfile.LNKTYPE, link="boot.scr"),
     ])
-    card, staged, plan = prepare(archive, str(image), False, tmp_path / "work")
+    card, staged, plan = prepare(archive, str(image), False)
     text = "\n".join(plan.lines())
     assert "no MBR" in text and "no md5.txt" in text
     assert plan.changes[0].what.startswith("delete /boot.scr first")
     assert plan.changes[-1].what.startswith("copy /boot.scr")
     order: list[str] = []
-    writer = CardWriter(card, staged, tmp_path / "work", progress=lambda phase, done, total: order.append(phase))
+    writer = CardWriter(card, staged, progress=lambda phase, done, total: order.append(phase))
     assert writer.write_and_verify() == []
     assert order[-2:] == ["write boot.scr", "verify"]
     back = read_card(image, tmp_path / "back", partitioned=False)
