@@ -597,7 +597,9 @@ def check_sdk_version(f: Facts) -> CheckResult:
         e.append(ev(f.driver))
         judged.append((f.driver.value.version, "sophon-driver"))
     if kind != PCIE_DOCKER or versions:
-        judged += [(version, "libsophon") for version, _, _ in versions[:1]]
+        # Sources may disagree (a hand-copied libsophon): judge the oldest.
+        oldest = min(versions, key=lambda v: facts.parse_version(v[0]) or (), default=None)
+        judged += [(oldest[0], "libsophon")] if oldest else []
     if not judged:
         why = f.packages.problem or f.libsophon.problem or "no sophon-*libsophon package, no libsophon-current"
         return result("sdk.version", SKIP if kind == PCIE_DOCKER else WARN,
