@@ -453,6 +453,9 @@ def check_soc_clocks(f: Facts) -> CheckResult:
             return result("tpu.clocks", WARN, f"default rates now, but {facts.CLOCK_UNIT} sets {at_boot} at "
                                               "every boot", e, Fix("none", "remove the boot unit, or "
                                                                    "reboot to apply it", ("llmtpu clock undo",)))
+        if persisted.problem not in (None, "missing"):
+            return result("tpu.clocks", WARN, f"default rates now; what {facts.CLOCK_UNIT} sets at boot is "
+                                              f"unknown: {persisted.problem}", e)
         return result("tpu.clocks", OK, f"default rates, tpll {_mhz(rates['tpll_clock'])} MHz", e)
     described = ", ".join(f"{k.split('_')[0]} {_mhz(v)} MHz" for k, v in lowered.items())
     boot = persisted.value

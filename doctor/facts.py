@@ -423,7 +423,8 @@ def parse_cpuinfo_is_bm1684x(text: str) -> bool:
 
 def in_container(target: Target) -> Observed[bool]:
     for marker in ("/.dockerenv", "/run/.containerenv"):
-        if safe_lstat(target, marker) is not None:
+        st = safe_lstat(target, marker)
+        if st is not None and st.kind == "file":  # docker and podman create a plain file
             return Observed(True, marker, "present")
     try:
         cgroup = target.read_text("/proc/1/cgroup")
@@ -436,32 +437,37 @@ def in_container(target: Target) -> Observed[bool]:
 def machine_kind(target: Target) -> Observed[str]:
     """PCIe host, docker container on a PCIe host, SoC board, or none of these."""
     evidence = []
-    soc = False
+    sources = []  # the file each piece of evidence came from, first one names the fact
     try:
         cpuinfo = target.read_text(CPUINFO)
         if parse_cpuinfo_is_bm1684x(cpuinfo):
-            soc = True
+            sources.append(CPUINFO)
             evidence.append(f"{CPUINFO}: model name bm1684x")
     except (OSError, TargetError):
         pass
     dt_name = _read_opt(target, DEVICE_TREE_NAME)
     if dt_name and "bm1684" in dt_name:
-        soc = True
+        sources.append(DEVICE_TREE_NAME)
         evidence.append(f"{DEVICE_TREE_NAME}: {dt_name.strip(chr(0))}")
     nodes = device_nodes(target).value or []
     if any(SOC_NODE.fullmatch(n.path[5:]) for n in nodes):
-        soc = True
+        sources.append("/dev")
         evidence.append("/dev/bm-tpu* present")
-    if soc:
-        return Observed(SOC_BOARD, CPUINFO, "; ".join(evidence))
-    pcie = safe_lstat(target, DRIVER_VERSION) is not None or any(PCIE_NODE.fullmatch(n.path[5:]) for n in nodes)
-    if pcie:
-        evidence.append("/proc/bmsophon or /dev/bm-sophon* present")
+    if sources:
+        return Observed(SOC_BOARD, sources[0], "; ".join(evidence))
+    driver = safe_lstat(target, DRIVER_VERSION)
+    if driver is not None and driver.kind == "file":
+        sources.append(DRIVER_VERSION)
+        evidence.append(f"{DRIVER_VERSION} present")
+    if any(PCIE_NODE.fullmatch(n.path[5:]) for n in nodes):
+        sources.append("/dev")
+        evidence.append("/dev/bm-sophon* present")
+    if sources:
         container = in_container(target)
         if container.value:
             evidence.append(f"container: {container.source}")
             return Observed(PCIE_DOCKER, container.source, "; ".join(evidence))
-        return Observed(PCIE_HOST, DRIVER_VERSION, "; ".join(evidence))
+        return Observed(PCIE_HOST, sources[0], "; ".join(evidence))
     return Observed(
         NO_DEVICE, "/dev",
         "no /dev/bm-sophon*, no /dev/bm-tpu*, no /proc/bmsophon, cpuinfo is not bm1684x",
