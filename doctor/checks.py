@@ -658,6 +658,67 @@ def check_chip_health(f: Facts) -> CheckResult:
     return result("chips.health", OK, f"{len(chips)} chip(s) Active", e)
 
 
+@dataclass(frozen=True)
+class ChipRow:
+    """One chip of the per-card view (``--cards``): PCIe from /proc/bmsophon, SoC from its own files.
+
+    None means not read; ``problems`` says why for each file that could not be read.
+    """
+
+    card: str | None  # card0 (PCIe); None on a SoC board
+    chip: str  # bmsophon0 / bm-tpu0
+    board_type: str | None
+    serial: str | None
+    status: str | None  # Active / Fault (PCIe only: the SoC has no status file)
+    temp_c: int | None
+    tpu_mhz: int | None
+    heap_mib: int | None  # heap0 (PCIe) or the NPU ion heap (SoC)
+    heap_used_mib: int | None  # SoC ion alloc_mem / summary; PCIe /proc lists no use
+    npu_usage_pct: int | None
+    problems: tuple[str, ...] = ()
+
+
+def _usage(target: Target, node: str, problems: list[str]) -> int | None:
+    path = facts.npu_usage_path(node)
+    observed = facts.observe(target, path, facts.parse_npu_usage, "npu_usage line")
+    if observed.value is None and observed.problem != "missing":
+        problems.append(f"{path}: {observed.problem}")
+    return observed.value
+
+
+def chip_rows(f: Facts) -> list[ChipRow]:
+    """The per-card/per-chip table of this machine; empty when it has no Sophgo device."""
+    kind = f.kind.value
+    if kind in PCIE_KINDS:
+        rows = []
+        for card, chip in f.chips:
+            unread = list(card.problems) + list(chip.problems)
+            node = "bm-sophon" + chip.name.removeprefix("bmsophon")
+            rows.append(ChipRow(
+                card.name, chip.name, card.board_type, card.serial, chip.status, chip.chip_temp_c,
+                chip.tpu_freq_mhz, chip.heap_bytes[0] >> 20 if chip.heap_bytes else None, None,
+                _usage(f.target, node, unread), tuple(unread)))
+        return rows
+    if kind != SOC_BOARD:
+        return []
+    problems: list[str] = []
+    heaps, heap_problems = facts.ion_heap_details(f.target)
+    problems += [p for p in heap_problems if "/bm_npu_heap_dump/" in p]
+    npu = heaps.get("npu")
+    temp = facts.observe(f.target, facts.SOC_THERMAL, facts.parse_millidegrees, "temperature")
+    if temp.value is None:
+        problems.append(f"{facts.SOC_THERMAL}: {temp.problem}")
+    clocks = f.soc_clocks
+    if clocks.value is None:
+        problems.append(f"{clocks.source}: {clocks.problem}")
+    board = facts.observe(f.target, facts.DEVICE_TREE_NAME, lambda t: t.strip("\0 \n") or None, "board name")
+    return [ChipRow(
+        None, "bm-tpu0", board.value, None, None, temp.value,
+        clocks.value.rates_hz.get("tpll_clock", 0) // 1_000_000 if clocks.value else None,
+        npu.total >> 20 if npu else None, npu.used >> 20 if npu and npu.used is not None else None,
+        _usage(f.target, "bm-tpu0", problems), tuple(problems))]
+
+
 def check_ram(f: Facts) -> CheckResult:
     observed = f.meminfo
     e = [ev(observed)]

@@ -44,6 +44,7 @@ FACT_PATHS = (
     "/.dockerenv", "/run/.containerenv", "/proc/1/cgroup", "/dev.list", "/_cmd",
     "/etc/systemd/system/llmtpu-clock.service", "/etc/systemd/system/multi-user.target.wants/llmtpu-clock.service",
     "/sys/class/thermal/thermal_zone0/temp", "/sys/class/bm-tpu/bm-tpu0/device/npu_usage",
+    "/sys/class/bm-sophon/bm-sophon0/device/npu_usage",
 )
 
 
@@ -802,3 +803,24 @@ def parse_version(text: str) -> tuple[int, ...] | None:
     """``0.4.9-LTS`` -> (0, 4, 9); None when it does not start with a dotted number."""
     match = re.match(r"\s*v?(\d+(?:\.\d+)*)", text)
     return tuple(int(p) for p in match.group(1).split(".")) if match else None
+
+
+SOC_THERMAL = "/sys/class/thermal/thermal_zone0/temp"
+
+
+def npu_usage_path(node: str) -> str:
+    """``bm-sophon0`` / ``bm-tpu0`` -> its ``npu_usage`` file (libsophon driver/bm_attr.c)."""
+    kind = "bm-tpu" if node.startswith("bm-tpu") else "bm-sophon"
+    return f"/sys/class/{kind}/{node}/device/npu_usage"
+
+
+def parse_npu_usage(text: str) -> int | None:
+    """``usage:0 avusage:0`` -> the current usage in percent."""
+    match = re.search(r"\busage:\s*(\d+)", text)
+    return int(match.group(1)) if match else None
+
+
+def parse_millidegrees(text: str) -> int | None:
+    """thermal_zone ``temp`` (millidegrees C) -> whole degrees C."""
+    text = text.strip()
+    return int(text) // 1000 if re.fullmatch(r"-?\d+", text) else None

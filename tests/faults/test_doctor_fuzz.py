@@ -167,14 +167,31 @@ def run_doctor_json(root: Path) -> tuple[int | None, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def per_card_view_error(root: Path) -> str | None:
+    """The --cards data must survive the same trees (and read inside the root only)."""
+    from llmtpu.doctor.checks import DoctorOptions, Facts, chip_rows
+    from llmtpu.doctor.render import chips_json
+
+    try:
+        json.dumps(chips_json(chip_rows(Facts(LocalTarget(str(root)), DoctorOptions()))))
+    except Exception:  # noqa: BLE001
+        import traceback
+
+        return traceback.format_exc()
+    return None
+
+
 def judge(root: Path, mutations: list[tuple[str, Path]]) -> list[str]:
     """Every promise one round breaks, as lines naming the round."""
     with audited(root) as outside:
         code, stdout, stderr = run_doctor_json(root)
+        cards_error = per_card_view_error(root)
     problems = []
     where = f"{root.name} {[(k, str(p)) for k, p in mutations]}"
     if code is None:
         return [f"traceback on {where}:\n{stderr}"]
+    if cards_error:
+        problems.append(f"per-card view failed on {where}:\n{cards_error}")
     try:
         document = json.loads(stdout)
     except ValueError:
