@@ -10,19 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cached_property
+from functools import cache
 from typing import Any
 
 from llmtpu.data import load_toml
 from llmtpu.doctor import facts
-from llmtpu.doctor.facts import NO_DEVICE, PCIE_DOCKER, PCIE_HOST, SOC_BOARD, Observed
+from llmtpu.doctor.facts import NO_DEVICE, PCIE_DOCKER, PCIE_HOST, SOC_BOARD, Observed, once
 from llmtpu.doctor.kernel_log import check_kernel_log
 from llmtpu.target import Target, TargetError
 
+
+@cache
+def version_rules() -> dict[str, Any]:
+    """doctor/rules.toml: every date and version minimum, each row with its source."""
+    return load_toml("llmtpu.doctor", "rules.toml")
+
+
+def date_rule(check_id: str) -> dict[str, Any]:
+    return next(row for row in version_rules()["date"] if row["check"] == check_id)
+
+
 #: The oldest kernel (SoC, `uname -v`) or driver (PCIe, driver_version) build date LLM-TPU
-#: accepts. Source: sophgo/LLM-TPU run.sh `compare_date="20240110"` (@ae00396, unchanged at
-#: @e6ec148) and the README's version check section.
-MIN_BUILD_DATE = date(2024, 1, 10)
+#: accepts: the first gate (rules.toml [[date]], source there).
+MIN_BUILD_DATE: date = date_rule("kernel.date")["minimum"]
 
 #: BM1684X default PLL rates since linux-arm64 144a77362 (bm1684x_clock.dtsi): Hz.
 SOC_DEFAULT_CLOCKS = {"tpll_clock": 950_000_000, "mpll_clock": 2_300_000_000, "vpll_clock": 800_000_000}
@@ -107,58 +117,82 @@ class Facts:
         self.target = target
         self.options = options
 
-    @cached_property
+    @once
     def kind(self) -> Observed[str]:
-        return facts.machine_kind(self.target)
+        try:
+            return facts.machine_kind(self.target)
+        except (OSError, TargetError) as exc:  # every check depends on it: never a traceback
+            return Observed(facts.NO_DEVICE, "/", None, facts.read_problem(exc))
 
-    @cached_property
+    @once
     def kernel(self) -> Observed[date]:
         return facts.kernel_build_date(self.target)
 
-    @cached_property
+    @once
     def driver(self) -> Observed[facts.DriverVersion]:
         return facts.driver_version(self.target)
 
-    @cached_property
+    @once
     def cards(self) -> Observed[list[facts.Card]]:
         return facts.cards(self.target)
 
-    @cached_property
+    @once
     def devices(self) -> Observed[list[facts.DeviceNode]]:
         return facts.device_nodes(self.target)
 
-    @cached_property
+    @once
     def libsophon(self) -> Observed[facts.LibsophonInstall]:
         return facts.libsophon_install(self.target)
 
-    @cached_property
+    @once
     def packages(self) -> Observed[dict[str, facts.DebPackage]]:
         return facts.sophon_packages(self.target)
 
-    @cached_property
+    @once
     def soc_clocks(self) -> Observed[facts.Clocks]:
         return facts.soc_clocks(self.target)
 
-    @cached_property
+    @once
     def heaps(self) -> Observed[dict[str, int]]:
         return facts.ion_heaps(self.target)
 
-    @cached_property
+    @once
     def meminfo(self) -> Observed[dict[str, int]]:
         return facts.meminfo(self.target)
 
-    @cached_property
+    @once
     def kernel_log(self) -> Observed[str]:
-        from llmtpu.doctor.kernel_log import read_kernel_log
+        """The kernel log; a recorded one that is no regular file or has no line is no evidence."""
+        from llmtpu.doctor.kernel_log import RECORDED, read_kernel_log
 
-        return read_kernel_log(self.target)
+        if self.target.is_sysroot and facts.safe_lstat(self.target, RECORDED) is not None:
+            problem = facts.regular_file_problem(self.target, RECORDED)
+            if problem is not None:
+                return Observed(None, RECORDED, None, problem)
+        observed = read_kernel_log(self.target)
+        if observed.value is not None and not observed.value.strip():
+            return Observed(None, observed.source, None, "unreadable: empty (0 lines), nothing to judge")
+        return observed
 
-    @cached_property
+    @once
+    def persisted_clocks(self) -> Observed[facts.PersistedClocks]:
+        return facts.persisted_clocks(self.target)
+
+    @once
+    def bm_version(self) -> Observed[facts.BmVersion]:
+        observed = facts.bm_version(self.target)
+        if observed.value is None:
+            return Observed(None, observed.source, observed.raw, observed.problem)
+        parsed = facts.parse_bm_version(observed.value)
+        problem = None if parsed else "not a recognisable bm_version output"
+        return Observed(parsed, observed.source, observed.raw, problem)
+
+    @once
     def chips(self) -> list[tuple[facts.Card, facts.Chip]]:
         """Every (card, chip) pair /proc/bmsophon lists (PCIe); empty when it lists none."""
         return [(card, chip) for card in (self.cards.value or []) for chip in card.chips]
 
-    @cached_property
+    @once
     def model(self) -> Model | None:
         return load_models().get(self.options.model)
 
@@ -261,6 +295,8 @@ def result(check_id: str, status: str, summary: str, evidence: list[Evidence] | 
 def check_machine_kind(f: Facts) -> CheckResult:
     kind = f.kind
     e = [ev(kind)]
+    if kind.problem is not None:
+        return result("machine.kind", WARN, f"cannot tell what this machine is: {kind.problem}", e)
     if kind.value == NO_DEVICE:
         return result("machine.kind", FAIL, "no Sophgo BM1684X device found on this machine", e, Fix(
             "none", "run llmtpu on the PCIe host or SoC board itself, or over SSH with --hosts",
@@ -278,11 +314,12 @@ def _date_check(check_id: str, what: str, observed: Observed[date], fix: Fix) ->
         return result(check_id, status, f"{what} unknown: {observed.source} {observed.problem}", e)
     built = observed.value
     stamp = built.strftime("%Y%m%d")
+    minimum: date = date_rule(check_id)["minimum"]
     if built > date.today():
         return result(check_id, WARN, f"{what} {stamp} is in the future: is this machine's clock right?", e)
-    if built < MIN_BUILD_DATE:
-        return result(check_id, FAIL, f"{what} {stamp} is older than {MIN_BUILD_DATE:%Y%m%d}", e, fix)
-    return result(check_id, OK, f"{what} {stamp} >= {MIN_BUILD_DATE:%Y%m%d}", e)
+    if built < minimum:
+        return result(check_id, FAIL, f"{what} {stamp} is older than {minimum:%Y%m%d}", e, fix)
+    return result(check_id, OK, f"{what} {stamp} >= {minimum:%Y%m%d}", e)
 
 
 def check_kernel_date(f: Facts) -> CheckResult:
@@ -395,37 +432,84 @@ def check_packages(f: Facts) -> CheckResult:
     return result("libsophon.packages", OK, versions, e)
 
 
+def _mhz(rate_hz: int) -> int:
+    return rate_hz // 1_000_000
+
+
+def check_soc_clocks(f: Facts) -> CheckResult:
+    observed = f.soc_clocks
+    e = [ev(observed)]
+    if observed.value is None:
+        status = SKIP if "missing" in (observed.problem or "") else WARN
+        return result("tpu.clocks", status, f"TPU clocks unreadable (debugfs, root only): {observed.problem}", e)
+    rates = observed.value.rates_hz
+    lowered = {k: v for k, v in rates.items() if v < SOC_DEFAULT_CLOCKS[k]}
+    persisted = f.persisted_clocks
+    if persisted.value is not None or persisted.problem != "missing":
+        e.append(ev(persisted))
+    if not lowered:
+        if persisted.value is not None and persisted.value.enabled:
+            at_boot = ", ".join(f"{k.split('_')[0]} {_mhz(v)} MHz" for k, v in persisted.value.rates_hz.items())
+            return result("tpu.clocks", WARN, f"default rates now, but {facts.CLOCK_UNIT} sets {at_boot} at "
+                                              "every boot", e, Fix("none", "remove the boot unit, or "
+                                                                   "reboot to apply it", ("llmtpu clock undo",)))
+        if persisted.problem not in (None, "missing"):
+            return result("tpu.clocks", WARN, f"default rates now; what {facts.CLOCK_UNIT} sets at boot is "
+                                              f"unknown: {persisted.problem}", e)
+        return result("tpu.clocks", OK, f"default rates, tpll {_mhz(rates['tpll_clock'])} MHz", e)
+    described = ", ".join(f"{k.split('_')[0]} {_mhz(v)} MHz" for k, v in lowered.items())
+    boot = persisted.value
+    if boot is not None and boot.enabled and all(
+            abs(boot.rates_hz.get(k, 0) - v) <= v * 0.005 for k, v in lowered.items()):
+        # The LLM-TPU Q3 downclock, kept across reboots: the intended state of a board with "!!!".
+        return result("tpu.clocks", OK, f"reduced, persisted ({described}; {facts.CLOCK_UNIT} "
+                                        "re-applies them at boot)", e)
+    why = "debugfs rates are lost at reboot"
+    if boot is not None and not boot.enabled:
+        why = f"{facts.CLOCK_UNIT} is installed but not enabled ({facts.CLOCK_UNIT_LINK} missing)"
+    elif boot is not None:
+        why = f"{facts.CLOCK_UNIT} sets other rates at boot"
+    elif persisted.problem != "missing":
+        why = f"cannot read {facts.CLOCK_UNIT}: {persisted.problem}"
+    return result("tpu.clocks", WARN, f"clocks reduced ({described}); {why}", e, Fix(
+        "clock.persist", "keep the reduced rates across reboots, or undo them",
+        tuple(f'echo "setr {k} {v}" | sudo tee /sys/kernel/debug/top/clock' for k, v in rates.items())))
+
+
 def check_clocks(f: Facts) -> CheckResult:
     if f.kind.value == SOC_BOARD:
-        observed = f.soc_clocks
-        e = [ev(observed)]
-        if observed.value is None:
-            status = SKIP if "missing" in (observed.problem or "") else WARN
-            return result("tpu.clocks", status, f"TPU clocks unreadable (debugfs, root only): {observed.problem}", e)
-        rates = observed.value.rates_hz
-        lowered = {k: v for k, v in rates.items() if v < SOC_DEFAULT_CLOCKS[k]}
-        if not lowered:
-            return result("tpu.clocks", OK, f"default rates, tpll {rates['tpll_clock'] // 1_000_000} MHz", e)
-        described = ", ".join(f"{k.split('_')[0]} {v // 1_000_000} MHz" for k, v in lowered.items())
-        return result("tpu.clocks", WARN,
-                      f"clocks reduced ({described}); debugfs rates are lost at reboot", e, Fix(
-                          "clock.persist", "keep the reduced rates across reboots, or undo them",
-                          tuple(f'echo "setr {k} {v}" | sudo tee /sys/kernel/debug/top/clock'
-                                for k, v in rates.items())))
+        return check_soc_clocks(f)
     chips = f.chips
     if not chips:
         return result("tpu.clocks", SKIP, "no chips listed under /proc/bmsophon", [ev(f.cards)])
-    e = [Evidence(f"{facts.BMSOPHON}/{card.name}/{chip.name}/tpu_freq", f"{chip.tpu_freq_mhz} MHz")
-         for card, chip in chips]
-    slow = [(card, chip) for card, chip in chips
-            if chip.tpu_freq_mhz is not None and card.tpu_max_mhz and chip.tpu_freq_mhz < card.tpu_max_mhz]
+    e = []
+    unknown = []
+    for card, chip in chips:
+        freq = f"{facts.BMSOPHON}/{card.name}/{chip.name}/tpu_freq"
+        maxclk = f"{facts.BMSOPHON}/{card.name}/tpu_maxclk"
+        e.append(Evidence(freq, f"{chip.tpu_freq_mhz} MHz" if chip.tpu_freq_mhz is not None
+                          else _problem_of(chip.problems, freq)))
+        e.append(Evidence(maxclk, f"{card.tpu_max_mhz} MHz" if card.tpu_max_mhz is not None
+                          else _problem_of(card.problems, maxclk)))
+        if chip.tpu_freq_mhz is None:
+            unknown.append(freq)
+        if card.tpu_max_mhz is None:
+            unknown.append(maxclk)
+    slow = [(card, chip) for card, chip in chips if chip.tpu_freq_mhz is not None
+            and card.tpu_max_mhz is not None and chip.tpu_freq_mhz < card.tpu_max_mhz]
     if slow:
         card, chip = slow[0]
         return result("tpu.clocks", WARN,
                       f"{chip.name} runs at {chip.tpu_freq_mhz} MHz of {card.tpu_max_mhz} MHz", e)
-    if any(chip.tpu_freq_mhz is None for _, chip in chips):
-        return result("tpu.clocks", WARN, "tpu_freq unreadable for some chips", e)
+    if unknown:
+        return result("tpu.clocks", WARN, f"cannot judge the TPU clock: {', '.join(sorted(set(unknown)))} "
+                                          "unreadable", e)
     return result("tpu.clocks", OK, f"TPU at {chips[0][1].tpu_freq_mhz} MHz (max)", e)
+
+
+def _problem_of(problems: tuple[str, ...], path: str) -> str:
+    """The recorded reason a file could not be read, for its evidence line."""
+    return next((p.split(": ", 1)[1] for p in problems if p.startswith(f"{path}: ")), "unreadable")
 
 
 def check_heaps(f: Facts) -> CheckResult:
@@ -434,25 +518,205 @@ def check_heaps(f: Facts) -> CheckResult:
         return result("memory.heaps", WARN, f"unknown model {f.options.model!r}: see `llmtpu doctor --list-models`")
     need = f"{model.name} needs {model.npu_mib} MiB{' (estimate)' if model.estimate else ''}"
     if f.kind.value in PCIE_KINDS:
+        if not f.chips:
+            return result("memory.heaps", SKIP, "no chips listed under /proc/bmsophon", [ev(f.cards)])
+        e = []
+        for card, chip in f.chips:
+            path = f"{facts.BMSOPHON}/{card.name}/{chip.name}/heap"
+            e.append(Evidence(path, f"heap0 {chip.heap_bytes[0] >> 20} MiB" if chip.heap_bytes
+                              else _problem_of(chip.problems, path)))
         sized = [(card, chip) for card, chip in f.chips if chip.heap_bytes]
-        if not sized:
-            return result("memory.heaps", SKIP, "no chip lists its heaps under /proc/bmsophon", [ev(f.cards)])
-        e = [Evidence(f"{facts.BMSOPHON}/{card.name}/{chip.name}/heap", f"heap0 {chip.heap_bytes[0] >> 20} MiB")
-             for card, chip in sized]
         small = [chip.name for _, chip in sized if chip.heap_bytes[0] >> 20 < model.npu_mib]
         if small:
             return result("memory.heaps", FAIL, f"device memory heap0 too small on {', '.join(small)}: {need}", e,
                           Fix("none", "choose a smaller model or quantisation (`llmtpu doctor --list-models`)"))
+        unread = [chip.name for _, chip in f.chips if not chip.heap_bytes]
+        if unread:
+            return result("memory.heaps", WARN, f"heap sizes unreadable for {', '.join(unread)}: {need}", e)
         return result("memory.heaps", OK, f"heap0 {sized[0][1].heap_bytes[0] >> 20} MiB per chip; {need}", e)
     observed = f.heaps
     e = [ev(observed)]
     if observed.value is None:
-        status = SKIP if "missing" in (observed.problem or "") else WARN
+        parts = (observed.problem or "missing").split("; ")
+        status = SKIP if all(part.endswith("missing") for part in parts) else WARN
         return result("memory.heaps", status, f"ion heap sizes unreadable (debugfs, root only): {observed.problem}", e)
     npu_mib = observed.value["npu"] >> 20
     if npu_mib < model.npu_mib:
         return result("memory.heaps", FAIL, f"NPU heap {npu_mib} MiB too small: {need}", e, fix_heaps(model))
     return result("memory.heaps", OK, f"NPU heap {npu_mib} MiB; {need}", e)
+
+
+def _libsophon_versions(f: Facts) -> list[tuple[str, str, str]]:
+    """(version, where read, raw) for each source that names the installed libsophon."""
+    found = []
+    lib_name = "sophon-soc-libsophon" if f.kind.value == SOC_BOARD else "sophon-libsophon"
+    package = (f.packages.value or {}).get(lib_name)
+    if package is not None and package.installed:
+        found.append((package.version, f"{facts.DPKG_STATUS} {lib_name}", f"{lib_name} {package.version}"))
+    install = f.libsophon.value
+    if install is not None and install.version:
+        found.append((install.version, facts.LIBSOPHON_CURRENT, f"-> {install.prefix}"))
+    if f.kind.value == SOC_BOARD and (not found or f.target.is_sysroot):
+        bm = f.bm_version
+        if bm.value is not None and bm.value.libsophon:
+            found.append((bm.value.libsophon, bm.source, f"sophon-soc-libsophon : {bm.value.libsophon}"))
+    return found
+
+
+def _sdk_release(name: str) -> dict[str, Any] | None:
+    key = facts.sdk_key(name)
+    return next((row for row in version_rules()["sdk"] if facts.sdk_key(row["name"]) == key), None)
+
+
+def _version_verdict(version: str) -> dict[str, Any] | None:
+    """The lowest [[libsophon]] rule this version is below, or None when it meets them all."""
+    parsed = facts.parse_version(version)
+    if parsed is None:
+        return None
+    below = [row for row in version_rules()["libsophon"] if parsed < (facts.parse_version(row["below"]) or ())]
+    return min(below, key=lambda row: facts.parse_version(row["below"]) or (), default=None)
+
+
+def check_sdk_version(f: Facts) -> CheckResult:
+    """libsophon / driver versions against what LLM-TPU needs (rules.toml), after the date gate."""
+    kind = f.kind.value
+    gate = check_kernel_date(f) if kind == SOC_BOARD else check_driver_date(f)
+    if gate.status == FAIL:  # the date rule is the first gate; its fix brings new versions too
+        return result("sdk.version", SKIP, f"{gate.id} fails first: {gate.summary}", gate.evidence)
+    e: list[Evidence] = []
+    versions = _libsophon_versions(f)
+    e += [Evidence(where, raw) for _, where, raw in versions]
+    sdk_note = ""
+    if kind == SOC_BOARD and f.bm_version.value is not None and f.bm_version.value.sdk:
+        sdk = f.bm_version.value.sdk
+        e.append(Evidence(f.bm_version.source, f"SophonSDK version: {sdk}"))
+        release = _sdk_release(sdk)
+        shipped = f"ships libsophon {release['libsophon']}" if release else "not in Sophgo's table"
+        sdk_note = f"SDK {sdk} ({shipped})"
+        if release and not versions:
+            versions.append((release["libsophon"], f.bm_version.source, sdk))
+    judged: list[tuple[str, str]] = []  # (version, what)
+    if kind in PCIE_KINDS and f.driver.value is not None:
+        e.append(ev(f.driver))
+        judged.append((f.driver.value.version, "sophon-driver"))
+    if kind != PCIE_DOCKER or versions:
+        # Sources may disagree (a hand-copied libsophon): judge the oldest.
+        oldest = min(versions, key=lambda v: facts.parse_version(v[0]) or (), default=None)
+        judged += [(oldest[0], "libsophon")] if oldest else []
+    if not judged:
+        why = f.packages.problem or f.libsophon.problem or "no sophon-*libsophon package, no libsophon-current"
+        return result("sdk.version", SKIP if kind == PCIE_DOCKER else WARN,
+                      f"libsophon version unknown: {why}", e or [ev(f.packages)])
+    worst: tuple[str, str, dict[str, Any]] | None = None
+    for version, what in judged:
+        rule = _version_verdict(version)
+        if rule is not None and (worst is None or STATUS_ORDER[rule["status"]] > STATUS_ORDER[worst[2]["status"]]):
+            worst = (version, what, rule)
+    if kind in PCIE_KINDS and f.driver.value is not None and worst is None:
+        release_rule = version_rules()["driver_release"][0]
+        if f.driver.value.released < release_rule["minimum"]:
+            worst = (f.driver.value.released.strftime("%Y%m%d"), "driver release date", dict(
+                release_rule, below=f"{release_rule['minimum']:%Y%m%d}"))
+    described = ", ".join(f"{what} {version}" for version, what in judged)
+    if sdk_note:
+        described = f"{sdk_note}; {described}"
+    if worst is None:
+        return result("sdk.version", OK, f"{described}: what LLM-TPU needs", e)
+    version, what, rule = worst
+    if kind == SOC_BOARD:
+        fix = fix_reflash_soc()
+    elif kind == PCIE_DOCKER:
+        fix = Fix("none", "update sophon-driver on the host (outside this container), then match libsophon to it",
+                  ("cat /proc/bmsophon/driver_version   # on the host",))
+    else:
+        fix = fix_install_debs()
+    e.append(Evidence("rule", f"{rule['why']} [{rule['source']}]"))
+    return result("sdk.version", rule["status"], f"{described}: {what} {version} is older than "
+                                                 f"{rule['below']} that LLM-TPU needs", e, fix)
+
+
+def check_chip_health(f: Facts) -> CheckResult:
+    """A chip the driver marks ``Fault`` runs nothing until it is reset (bm-smi recovery / reboot)."""
+    chips = f.chips
+    if not chips:
+        return result("chips.health", SKIP, "no chips listed under /proc/bmsophon (PCIe driver only)", [ev(f.cards)])
+    e = []
+    for card, chip in chips:
+        path = f"{facts.BMSOPHON}/{card.name}/{chip.name}/status"
+        e.append(Evidence(path, chip.status if chip.status is not None else _problem_of(chip.problems, path)))
+    faulted = [chip.name for _, chip in chips if chip.status is not None and chip.status.lower() == "fault"]
+    if faulted:
+        return result("chips.health", FAIL, f"chip status Fault: {', '.join(faulted)}", e, Fix(
+            "reboot", "reset the faulted chip (bm-smi recovery), or reboot the host",
+            ("sudo bm-smi --opmode=recovery   # resets a faulted PCIe device", "sudo reboot")))
+    unknown = [chip.name for _, chip in chips if chip.status is None]
+    if unknown:
+        return result("chips.health", WARN, f"chip status unreadable for {', '.join(unknown)}", e)
+    odd = [f"{chip.name} {chip.status}" for _, chip in chips if chip.status and chip.status.lower() != "active"]
+    if odd:
+        return result("chips.health", WARN, f"chip status not Active: {', '.join(odd)}", e)
+    return result("chips.health", OK, f"{len(chips)} chip(s) Active", e)
+
+
+@dataclass(frozen=True)
+class ChipRow:
+    """One chip of the per-card view (``--cards``): PCIe from /proc/bmsophon, SoC from its own files.
+
+    None means not read; ``problems`` says why for each file that could not be read.
+    """
+
+    card: str | None  # card0 (PCIe); None on a SoC board
+    chip: str  # bmsophon0 / bm-tpu0
+    board_type: str | None
+    serial: str | None
+    status: str | None  # Active / Fault (PCIe only: the SoC has no status file)
+    temp_c: int | None
+    tpu_mhz: int | None
+    heap_mib: int | None  # heap0 (PCIe) or the NPU ion heap (SoC)
+    heap_used_mib: int | None  # SoC ion alloc_mem / summary; PCIe /proc lists no use
+    npu_usage_pct: int | None
+    problems: tuple[str, ...] = ()
+
+
+def _usage(target: Target, node: str, problems: list[str]) -> int | None:
+    path = facts.npu_usage_path(node)
+    observed = facts.observe(target, path, facts.parse_npu_usage, "npu_usage line")
+    if observed.value is None and observed.problem != "missing":
+        problems.append(f"{path}: {observed.problem}")
+    return observed.value
+
+
+def chip_rows(f: Facts) -> list[ChipRow]:
+    """The per-card/per-chip table of this machine; empty when it has no Sophgo device."""
+    kind = f.kind.value
+    if kind in PCIE_KINDS:
+        rows = []
+        for card, chip in f.chips:
+            unread = list(card.problems) + list(chip.problems)
+            node = "bm-sophon" + chip.name.removeprefix("bmsophon")
+            rows.append(ChipRow(
+                card.name, chip.name, card.board_type, card.serial, chip.status, chip.chip_temp_c,
+                chip.tpu_freq_mhz, chip.heap_bytes[0] >> 20 if chip.heap_bytes else None, None,
+                _usage(f.target, node, unread), tuple(unread)))
+        return rows
+    if kind != SOC_BOARD:
+        return []
+    problems: list[str] = []
+    heaps, heap_problems = facts.ion_heap_details(f.target)
+    problems += [p for p in heap_problems if "/bm_npu_heap_dump/" in p]
+    npu = heaps.get("npu")
+    temp = facts.observe(f.target, facts.SOC_THERMAL, facts.parse_millidegrees, "temperature")
+    if temp.value is None:
+        problems.append(f"{facts.SOC_THERMAL}: {temp.problem}")
+    clocks = f.soc_clocks
+    if clocks.value is None:
+        problems.append(f"{clocks.source}: {clocks.problem}")
+    board = facts.observe(f.target, facts.DEVICE_TREE_NAME, lambda t: t.strip("\0 \n") or None, "board name")
+    return [ChipRow(
+        None, "bm-tpu0", board.value, None, None, temp.value,
+        clocks.value.rates_hz.get("tpll_clock", 0) // 1_000_000 if clocks.value else None,
+        npu.total >> 20 if npu else None, npu.used >> 20 if npu and npu.used is not None else None,
+        _usage(f.target, "bm-tpu0", problems), tuple(problems))]
 
 
 def check_ram(f: Facts) -> CheckResult:
@@ -533,6 +797,9 @@ CHECKS: tuple[Check, ...] = (
           "LLM-TPU README version check: `uname -v` date >= 20240110", check_kernel_date),
     Check("driver.date", "PCIe driver release date", PCIE_KINDS,
           "LLM-TPU README/run.sh: driver_version release date >= 20240110", check_driver_date),
+    Check("sdk.version", "SDK, libsophon and driver versions", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
+          "doctor/rules.toml: LLM-TPU FAQ Q11/Q13/Q14, Quick_Start (driver >= 20240717), "
+          "Sophgo's SDK version table (sophon-tools 03-sdk-version.md)", check_sdk_version),
     Check("devices.present", "Device nodes", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "libsophon driver/bm_common.h node names; bmlib opens them", check_devices),
     Check("devices.access", "Device node permissions", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
@@ -541,6 +808,8 @@ CHECKS: tuple[Check, ...] = (
           "libsophon deb layout and postinst; LLM-TPU FAQ Q2 (docker)", check_libsophon),
     Check("libsophon.packages", "sophon debs", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "dpkg status; libsophon and driver come from the same release", check_packages),
+    Check("chips.health", "Chip status", PCIE_KINDS,
+          "libsophon driver/bm_debug.c status file (Active/Fault); bm-smi --opmode=recovery", check_chip_health),
     Check("tpu.clocks", "TPU clocks", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
           "linux-arm64 bm1684x_clock.dtsi defaults; LLM-TPU README Q3 downclock", check_clocks),
     Check("memory.heaps", "Device memory for the model", (PCIE_HOST, PCIE_DOCKER, SOC_BOARD),
@@ -563,7 +832,11 @@ def check_ids() -> list[str]:
 
 
 def run_check(check: Check, f: Facts) -> CheckResult:
-    kind = f.kind.value
+    try:
+        kind = f.kind.value
+    except Exception as exc:  # a fact must never crash the doctor, even the machine kind
+        return CheckResult(check.id, check.title, WARN, f"check could not run: {type(exc).__name__}: {exc}",
+                           source=check.source)
     if kind not in check.kinds:
         reason = "no Sophgo device" if kind == NO_DEVICE else f"not applicable to a {kind}"
         res = CheckResult(check.id, check.title, SKIP, reason, source=check.source)

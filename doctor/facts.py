@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
-from llmtpu.target import Target, TargetError
+from llmtpu.target import FileStat, Target, TargetError
 
 T = TypeVar("T")
 
@@ -42,7 +42,41 @@ FACT_PATHS = (
     "/opt/sophon", LD_SO_CONF, PROFILE_SCRIPT, ION_HEAPS, TOP_CLOCK,
     *(f"{CLK_DEBUGFS}/{name}/clk_rate" for name in ("tpll_clock", "mpll_clock", "vpll_clock")),
     "/.dockerenv", "/run/.containerenv", "/proc/1/cgroup", "/dev.list", "/_cmd",
+    "/etc/systemd/system/llmtpu-clock.service", "/etc/systemd/system/multi-user.target.wants/llmtpu-clock.service",
+    "/sys/class/thermal/thermal_zone0/temp", "/sys/class/bm-tpu/bm-tpu0/device/npu_usage",
+    "/sys/class/bm-sophon/bm-sophon0/device/npu_usage",
 )
+
+
+class once(Generic[T]):  # noqa: N801 - used like functools.cached_property
+    """A fact computed on first use and kept in the instance.
+
+    Why not ``functools.cached_property``: up to Python 3.11 it holds ONE lock per property
+    across all instances, so a fleet doctor's hosts waited for each other's slow reads
+    (issue 17). This keeps no lock: two threads on the same instance may both compute the
+    value (facts only read), instances never wait for each other.
+    """
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> once[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> T | once[T]:
+        if instance is None:
+            return self
+        value = self.func(instance)
+        instance.__dict__[self.name] = value  # a non-data descriptor: later reads hit __dict__
+        return value
 
 
 @dataclass(frozen=True)
@@ -91,6 +125,32 @@ def observe(target: Target, path: str, parse: Callable[[str], T | None], what: s
             return Observed(None, path, "", "empty file")
         return Observed(None, path, _trim(raw), f"not a recognisable {what}")
     return Observed(value, path, _trim(raw))
+
+
+def safe_lstat(target: Target, path: str) -> FileStat | None:
+    """lstat that treats an unreadable parent like an absent path (no evidence either way)."""
+    try:
+        return target.lstat(path)
+    except (OSError, TargetError):
+        return None
+
+
+def regular_file_problem(target: Target, path: str) -> str | None:
+    """Why ``path`` in a sysroot is no file to read (a FIFO, a folder), or None when it is one.
+
+    Only asked of sysroots: on a live machine every file a fact reads is a regular file
+    and a remote target answers this from its one prefetch anyway.
+    """
+    try:
+        resolved = target.resolve(path)
+        st = target.lstat(resolved)
+    except (OSError, TargetError) as exc:
+        return read_problem(exc)
+    if st is None:
+        return "missing"
+    if st.kind != "file":
+        return f"unreadable: not a regular file ({st.kind})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,11 +235,13 @@ def driver_version(target: Target) -> Observed[DriverVersion]:
 @dataclass(frozen=True)
 class Chip:
     name: str  # bmsophon0
-    status: str | None
+    status: str | None  # Active or Fault (bm_debug.c)
     tpu_freq_mhz: int | None
     chip_temp_c: int | None
     clocks_mhz: dict[str, int] = field(default_factory=dict)
     heap_bytes: tuple[int, ...] = ()  # heap0 is where bmruntime puts the model
+    #: ``path: why`` for every file of this chip that could not be read.
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +253,9 @@ class Card:
     tpu_min_mhz: int | None
     tpu_max_mhz: int | None
     chips: tuple[Chip, ...]
+    serial: str | None = None
+    #: ``path: why`` for every file of this card that could not be read.
+    problems: tuple[str, ...] = ()
 
 
 def _first_int(text: str | None) -> int | None:
@@ -224,6 +289,42 @@ def _read_opt(target: Target, path: str) -> str | None:
         return None
 
 
+class _Reader:
+    """Reads small files of one card or chip and notes every one it could not read."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.problems: list[str] = []
+
+    def text(self, path: str) -> str | None:
+        problem = regular_file_problem(self.target, path) if self.target.is_sysroot else None
+        if problem is None:
+            try:
+                text = self.target.read_text(path, limit=4096).strip()
+            except (OSError, TargetError) as exc:
+                problem = read_problem(exc)
+            else:
+                if text:
+                    return text
+                problem = "empty file"
+        self.problems.append(f"{path}: {problem}")
+        return None
+
+    def number(self, path: str) -> int | None:
+        text = self.text(path)
+        value = _first_int(text)
+        if text is not None and value is None:
+            self.problems.append(f"{path}: not a number: {_trim(text)!r}")
+        return value
+
+    def parsed(self, path: str, parse: Callable[[str], T], empty: T) -> T:
+        text = self.text(path)
+        value = parse(text) if text is not None else empty
+        if text is not None and not value:
+            self.problems.append(f"{path}: not recognisable: {_trim(text)!r}")
+        return value
+
+
 def cards(target: Target) -> Observed[list[Card]]:
     """Every card and chip the PCIe driver lists; an empty list when /proc/bmsophon is absent."""
     try:
@@ -235,31 +336,35 @@ def cards(target: Target) -> Observed[list[Card]]:
     found = []
     for card in sorted(n for n in names if re.fullmatch(r"card\d+", n)):
         base = f"{BMSOPHON}/{card}"
+        card_reader = _Reader(target)
         chips = []
         try:
             chip_names = sorted(n for n in target.listdir(base) if re.fullmatch(r"bmsophon\d+", n))
-        except (OSError, TargetError):
+        except (OSError, TargetError) as exc:
+            card_reader.problems.append(f"{base}: {read_problem(exc)}")
             chip_names = []
         for chip in chip_names:
             cbase = f"{base}/{chip}"
-            clk = _read_opt(target, f"{cbase}/clk")
-            heap = _read_opt(target, f"{cbase}/heap")
+            read = _Reader(target)
             chips.append(Chip(
                 chip,
-                _read_opt(target, f"{cbase}/status"),
-                _first_int(_read_opt(target, f"{cbase}/tpu_freq")),
-                _first_int(_read_opt(target, f"{cbase}/chip_temp")),
-                parse_clk(clk) if clk else {},
-                parse_heaps(heap) if heap else (),
+                read.text(f"{cbase}/status"),
+                read.number(f"{cbase}/tpu_freq"),
+                read.number(f"{cbase}/chip_temp"),
+                read.parsed(f"{cbase}/clk", parse_clk, {}),
+                read.parsed(f"{cbase}/heap", parse_heaps, ()),
+                tuple(read.problems),
             ))
         found.append(Card(
             card,
-            _read_opt(target, f"{base}/chipid"),
-            _read_opt(target, f"{base}/mode"),
-            _read_opt(target, f"{base}/board_type"),
-            _first_int(_read_opt(target, f"{base}/tpu_minclk")),
-            _first_int(_read_opt(target, f"{base}/tpu_maxclk")),
+            card_reader.text(f"{base}/chipid"),
+            card_reader.text(f"{base}/mode"),
+            card_reader.text(f"{base}/board_type"),
+            card_reader.number(f"{base}/tpu_minclk"),
+            card_reader.number(f"{base}/tpu_maxclk"),
             tuple(chips),
+            card_reader.text(f"{base}/sn"),
+            tuple(card_reader.problems),
         ))
     return Observed(found, BMSOPHON, ", ".join(c.name for c in found) or "no cards")
 
@@ -290,8 +395,12 @@ def device_nodes(target: Target) -> Observed[list[DeviceNode]]:
     nodes = []
     for name in sorted(set(wanted)):
         path = f"/dev/{name}"
-        st = target.lstat(path)
-        nodes.append(DeviceNode(path, st.kind if st else "missing", target.access(path, want_write=True)))
+        try:
+            st = target.lstat(path)
+            can_open = target.access(path, want_write=True)
+        except (OSError, TargetError):
+            st, can_open = None, None
+        nodes.append(DeviceNode(path, st.kind if st else "unreadable", can_open))
     raw = " ".join(f"{n.path}({n.kind})" for n in nodes) or "no Sophgo nodes"
     return Observed(nodes, "/dev", raw)
 
@@ -315,7 +424,8 @@ def parse_cpuinfo_is_bm1684x(text: str) -> bool:
 
 def in_container(target: Target) -> Observed[bool]:
     for marker in ("/.dockerenv", "/run/.containerenv"):
-        if target.lstat(marker) is not None:
+        st = safe_lstat(target, marker)
+        if st is not None and st.kind == "file":  # docker and podman create a plain file
             return Observed(True, marker, "present")
     try:
         cgroup = target.read_text("/proc/1/cgroup")
@@ -328,32 +438,37 @@ def in_container(target: Target) -> Observed[bool]:
 def machine_kind(target: Target) -> Observed[str]:
     """PCIe host, docker container on a PCIe host, SoC board, or none of these."""
     evidence = []
-    soc = False
+    sources = []  # the file each piece of evidence came from, first one names the fact
     try:
         cpuinfo = target.read_text(CPUINFO)
         if parse_cpuinfo_is_bm1684x(cpuinfo):
-            soc = True
+            sources.append(CPUINFO)
             evidence.append(f"{CPUINFO}: model name bm1684x")
     except (OSError, TargetError):
         pass
     dt_name = _read_opt(target, DEVICE_TREE_NAME)
     if dt_name and "bm1684" in dt_name:
-        soc = True
+        sources.append(DEVICE_TREE_NAME)
         evidence.append(f"{DEVICE_TREE_NAME}: {dt_name.strip(chr(0))}")
     nodes = device_nodes(target).value or []
     if any(SOC_NODE.fullmatch(n.path[5:]) for n in nodes):
-        soc = True
+        sources.append("/dev")
         evidence.append("/dev/bm-tpu* present")
-    if soc:
-        return Observed(SOC_BOARD, CPUINFO, "; ".join(evidence))
-    pcie = target.lstat(DRIVER_VERSION) is not None or any(PCIE_NODE.fullmatch(n.path[5:]) for n in nodes)
-    if pcie:
-        evidence.append("/proc/bmsophon or /dev/bm-sophon* present")
+    if sources:
+        return Observed(SOC_BOARD, sources[0], "; ".join(evidence))
+    driver = safe_lstat(target, DRIVER_VERSION)
+    if driver is not None and driver.kind == "file":
+        sources.append(DRIVER_VERSION)
+        evidence.append(f"{DRIVER_VERSION} present")
+    if any(PCIE_NODE.fullmatch(n.path[5:]) for n in nodes):
+        sources.append("/dev")
+        evidence.append("/dev/bm-sophon* present")
+    if sources:
         container = in_container(target)
         if container.value:
             evidence.append(f"container: {container.source}")
             return Observed(PCIE_DOCKER, container.source, "; ".join(evidence))
-        return Observed(PCIE_HOST, DRIVER_VERSION, "; ".join(evidence))
+        return Observed(PCIE_HOST, sources[0], "; ".join(evidence))
     return Observed(
         NO_DEVICE, "/dev",
         "no /dev/bm-sophon*, no /dev/bm-tpu*, no /proc/bmsophon, cpuinfo is not bm1684x",
@@ -412,16 +527,24 @@ def libsophon_install(target: Target) -> Observed[LibsophonInstall]:
         match = re.search(r"libsophon-(\d[\w.\-]*)$", prefix)
         version = match.group(1) if match else None
     lib = f"{prefix}/lib" if prefix else None
-    install = LibsophonInstall(
-        current_link=link,
-        prefix=prefix,
-        version=version,
-        libbmrt=bool(lib) and target.exists(f"{lib}/libbmrt.so"),
-        libbmlib=bool(lib) and target.exists(f"{lib}/libbmlib.so"),
-        kernel_module=bool(lib) and target.exists(f"{lib}/tpu_module/libbm1684x_kernel_module.so"),
-        ld_conf=_read_opt(target, LD_SO_CONF),
-        profile_script=target.exists(PROFILE_SCRIPT),
-    )
+
+    def present(path: str) -> bool:
+        # exists() says False for a broken link; an unreadable folder must not pass as absent.
+        return target.stat(path) is not None
+
+    try:
+        install = LibsophonInstall(
+            current_link=link,
+            prefix=prefix,
+            version=version,
+            libbmrt=bool(lib) and present(f"{lib}/libbmrt.so"),
+            libbmlib=bool(lib) and present(f"{lib}/libbmlib.so"),
+            kernel_module=bool(lib) and present(f"{lib}/tpu_module/libbm1684x_kernel_module.so"),
+            ld_conf=_read_opt(target, LD_SO_CONF),
+            profile_script=present(PROFILE_SCRIPT),
+        )
+    except (OSError, TargetError) as exc:
+        return Observed(None, LIBSOPHON_CURRENT, link, read_problem(exc))
     raw = f"{LIBSOPHON_CURRENT} -> {link}" if link else f"{LIBSOPHON_CURRENT}: {'folder' if prefix else 'absent'}"
     return Observed(install, LIBSOPHON_CURRENT, raw)
 
@@ -528,26 +651,108 @@ def meminfo(target: Target) -> Observed[dict[str, int]]:
 
 HEAPS = ("npu", "vpu", "vpp")
 
+_ION_SUMMARY = re.compile(r"heap size:\s*(?P<total>\d+)\s*bytes,\s*used:\s*(?P<used>\d+)\s*bytes")
+
+
+def parse_ion_summary(text: str) -> tuple[int, int] | None:
+    """(total, used) bytes from an ion heap's ``summary`` file.
+
+    Format of linux-arm64 ``drivers/soc/bitmain/ion/bitmain/bitmain_ion_debugfs.c``
+    (``bm_ion_debug_heap_show``): ``Summary:`` then
+    ``[2] bm_npu_heap heap size:7985954816 bytes, used:0 bytesusage rate:0%, memory usage
+    peak 0 bytes`` (no space before ``usage``), then a ``Details:`` table of buffers.
+    """
+    match = _ION_SUMMARY.search(text)
+    return (int(match["total"]), int(match["used"])) if match else None
+
+
+@dataclass(frozen=True)
+class IonHeap:
+    total: int  # bytes
+    used: int | None  # bytes, when alloc_mem or the summary said
+    source: str  # the file the total was read from
+
+
+def ion_heap_details(target: Target) -> tuple[dict[str, IonHeap], list[str]]:
+    """Each SoC ion heap from ``total_mem``/``alloc_mem``, or else from its ``summary``.
+
+    Returns the heaps read and a ``path: why`` line for each heap that could not be read.
+    """
+    heaps: dict[str, IonHeap] = {}
+    problems = []
+    for heap in HEAPS:
+        base = f"{ION_HEAPS}/bm_{heap}_heap_dump"
+        tried = []
+        for name in ("total_mem", "summary"):
+            path = f"{base}/{name}"
+            problem = regular_file_problem(target, path) if target.is_sysroot else None
+            text = ""
+            if problem is None:
+                try:
+                    text = target.read_text(path, limit=1 << 16).strip()
+                except (OSError, TargetError) as exc:
+                    problem = read_problem(exc)
+            if problem is None and name == "total_mem":
+                if text.isdigit() and int(text) > 0:
+                    used_text = _read_opt(target, f"{base}/alloc_mem") or ""
+                    heaps[heap] = IonHeap(int(text), int(used_text) if used_text.isdigit() else None, path)
+                    break
+                problem = "not a number" if text else "empty file"
+            elif problem is None:
+                parsed = parse_ion_summary(text)
+                if parsed and parsed[0] > 0:
+                    heaps[heap] = IonHeap(parsed[0], parsed[1], path)
+                    break
+                problem = "no 'heap size:N bytes, used:N bytes' line" if text else "empty file"
+            tried.append(f"{path}: {problem}")
+        else:
+            problems.extend(tried)
+    return heaps, problems
+
 
 def ion_heaps(target: Target) -> Observed[dict[str, int]]:
     """Total bytes of the SoC's npu/vpu/vpp ion heaps (debugfs, root only on real boards)."""
-    sizes = {}
-    problems = []
-    for heap in HEAPS:
-        path = f"{ION_HEAPS}/bm_{heap}_heap_dump/total_mem"
-        try:
-            text = target.read_text(path, limit=64).strip()
-        except (OSError, TargetError) as exc:
-            problems.append(f"{path}: {read_problem(exc)}")
-            continue
-        if text.isdigit():
-            sizes[heap] = int(text)
-        else:
-            problems.append(f"{path}: not a number")
+    heaps, problems = ion_heap_details(target)
+    sizes = {name: heap.total for name, heap in heaps.items()}
     raw = ", ".join(f"{k}={v // (1 << 20)} MiB" for k, v in sizes.items())
     if "npu" not in sizes:
-        return Observed(None, ION_HEAPS, raw or None, "; ".join(problems) or "no npu heap")
-    return Observed(sizes, ION_HEAPS, raw)
+        npu_problems = [p for p in problems if "/bm_npu_heap_dump/" in p]
+        return Observed(None, ION_HEAPS, raw or None, "; ".join(npu_problems) or "no npu heap")
+    return Observed(sizes, heaps["npu"].source.rsplit("/", 1)[0], raw)
+
+
+# ---------------------------------------------------------------------------------------
+# The installed boot-time clock unit (provision/clock.py ``clock persist``)
+
+CLOCK_UNIT = "/etc/systemd/system/llmtpu-clock.service"
+CLOCK_UNIT_LINK = "/etc/systemd/system/multi-user.target.wants/llmtpu-clock.service"
+_SETR = re.compile(r"setr\s+(?P<name>\w+)\s+(?P<rate>\d+)")
+
+
+def parse_clock_unit(text: str) -> dict[str, int]:
+    """PLL rates (Hz) of the ``ExecStart=... echo setr <clk> <rate> > .../top/clock`` lines."""
+    rates = {}
+    for line in text.splitlines():
+        if line.strip().startswith("ExecStart="):
+            match = _SETR.search(line)
+            if match and match["name"] in SOC_CLOCKS:
+                rates[match["name"]] = int(match["rate"])
+    return rates
+
+
+@dataclass(frozen=True)
+class PersistedClocks:
+    rates_hz: dict[str, int]  # what the unit sets at boot
+    enabled: bool  # the multi-user.target.wants link exists
+
+
+def persisted_clocks(target: Target) -> Observed[PersistedClocks]:
+    """The rates llmtpu's boot unit re-applies; value None (problem "missing") when none is installed."""
+    observed = observe(target, CLOCK_UNIT, lambda t: parse_clock_unit(t) or None, "llmtpu clock unit")
+    if observed.value is None:
+        return Observed(None, observed.source, observed.raw, observed.problem)
+    enabled = safe_lstat(target, CLOCK_UNIT_LINK) is not None
+    return Observed(PersistedClocks(observed.value, enabled), CLOCK_UNIT, observed.raw)
 
 
 def bm_version(target: Target) -> Observed[str]:
@@ -569,3 +774,53 @@ def bm_version(target: Target) -> Observed[str]:
 def parse_sdk_version(bm_version_text: str) -> str | None:
     match = re.search(r"SophonSDK version:\s*(.+)", bm_version_text)
     return match.group(1).strip() if match else None
+
+
+@dataclass(frozen=True)
+class BmVersion:
+    """What a SoC board's ``bm_version`` says (sophon-tools 03-sdk-version.md)."""
+
+    sdk: str | None  # "v23.09 LTS-SP3"
+    libsophon: str | None  # "0.5.1"
+    kernel: str | None  # the KernelVersion line
+
+
+def parse_bm_version(text: str) -> BmVersion | None:
+    """``SophonSDK version: v23.09 LTS-SP3`` / ``sophon-soc-libsophon : 0.5.1`` / ``KernelVersion : ...``."""
+    lib = re.search(r"^\s*sophon-soc-libsophon\s*:\s*(\S+)", text, re.MULTILINE)
+    kernel = re.search(r"^\s*KernelVersion\s*:\s*(.+)$", text, re.MULTILINE)
+    parsed = BmVersion(parse_sdk_version(text), lib.group(1) if lib else None,
+                       kernel.group(1).strip() if kernel else None)
+    return parsed if parsed.sdk or parsed.libsophon else None
+
+
+def sdk_key(name: str) -> str:
+    """``v23.09 LTS-SP1`` and ``V23.09 LTS SP1`` name the same release."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """``0.4.9-LTS`` -> (0, 4, 9); None when it does not start with a dotted number."""
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", text)
+    return tuple(int(p) for p in match.group(1).split(".")) if match else None
+
+
+SOC_THERMAL = "/sys/class/thermal/thermal_zone0/temp"
+
+
+def npu_usage_path(node: str) -> str:
+    """``bm-sophon0`` / ``bm-tpu0`` -> its ``npu_usage`` file (libsophon driver/bm_attr.c)."""
+    kind = "bm-tpu" if node.startswith("bm-tpu") else "bm-sophon"
+    return f"/sys/class/{kind}/{node}/device/npu_usage"
+
+
+def parse_npu_usage(text: str) -> int | None:
+    """``usage:0 avusage:0`` -> the current usage in percent."""
+    match = re.search(r"\busage:\s*(\d+)", text)
+    return int(match.group(1)) if match else None
+
+
+def parse_millidegrees(text: str) -> int | None:
+    """thermal_zone ``temp`` (millidegrees C) -> whole degrees C."""
+    text = text.strip()
+    return int(text) // 1000 if re.fullmatch(r"-?\d+", text) else None

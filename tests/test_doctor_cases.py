@@ -1,13 +1,14 @@
 """Data-driven doctor tests: one JSON file per case in tests/doctor_cases/ (pyinfra style).
 
 A case names a sample sysroot, edits to make to a copy of it (write text or bytes, remove,
-make a folder or a symlink, substitute text), options, and the statuses expected per check.
+make a folder, a FIFO or a symlink, substitute text), options, and the statuses expected per check.
 Adding a case means adding a file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def apply_edit(root: Path, edit: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if edit.get("mkdir"):
         path.mkdir()
+    elif edit.get("fifo"):
+        os.mkfifo(path)
     elif "symlink" in edit:
         path.symlink_to(edit["symlink"])
     elif "sub" in edit:

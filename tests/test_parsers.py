@@ -68,3 +68,71 @@ def test_meminfo_in_bytes() -> None:
 
 def test_clk_lines() -> None:
     assert facts.parse_clk("mpll: 2300 MHz\ntpll: 1000 MHz\nbad line\n") == {"mpll": 2300, "tpll": 1000}
+
+
+def test_ion_summary_format() -> None:
+    # bitmain_ion_debugfs.c bm_ion_debug_heap_show: no space between "bytes" and "usage rate".
+    text = ("Summary:\n[2] bm_npu_heap heap size:7985954816 bytes, used:1048576 bytesusage rate:1%, "
+            "memory usage peak 2097152 bytes\n\nDetails:\n         heap_id   alloc_buf_size\n")
+    assert facts.parse_ion_summary(text) == (7985954816, 1048576)
+    assert facts.parse_ion_summary("Summary:\n") is None
+
+
+def test_clock_unit_rates_and_name() -> None:
+    from llmtpu.provision import clock
+
+    assert facts.CLOCK_UNIT == clock.UNIT_PATH and facts.CLOCK_UNIT_LINK == clock.WANTS_LINK
+    rates = {"tpll_clock": 750_000_000, "mpll_clock": 1_800_000_000, "vpll_clock": 100_000_000}
+    assert facts.parse_clock_unit(clock.unit_text(rates)) == rates  # what `clock persist` writes
+    assert facts.parse_clock_unit("ExecStart=/bin/sh -c 'echo setr bogus_clock 1 > x'\n# setr tpll_clock 1\n") == {}
+
+
+def test_bm_version_and_versions() -> None:
+    parsed = facts.parse_bm_version("SophonSDK version: v23.09 LTS-SP1\nsophon-soc-libsophon : 0.4.9\n")
+    assert parsed is not None and parsed.sdk == "v23.09 LTS-SP1" and parsed.libsophon == "0.4.9"
+    assert facts.parse_bm_version("command not found") is None
+    assert facts.sdk_key("v23.09 LTS-SP1") == facts.sdk_key("V23.09 LTS SP1")
+    assert facts.parse_version("0.4.9-LTS") == (0, 4, 9) and facts.parse_version("LTS") is None
+
+
+def test_every_sdk_row_maps_to_a_judged_version() -> None:
+    from llmtpu.doctor.checks import _version_verdict, version_rules
+
+    rules = version_rules()
+    assert all(row["source"] for table in ("date", "libsophon", "driver_release") for row in rules[table])
+    verdicts = {row["name"]: (_version_verdict(row["libsophon"]) or {}).get("status", "ok") for row in rules["sdk"]}
+    assert verdicts["V23.09 LTS SP1"] == "fail" and verdicts["V23.10.01"] == "warn"
+    assert verdicts["V23.09 LTS SP3"] == verdicts["V24.04.01"] == verdicts["V25.03.01"] == "ok"
+
+
+def test_facts_hold_no_lock_across_instances() -> None:
+    """issue 17: a slow fact of one host must not make another host's facts wait."""
+    import threading
+
+    from llmtpu.doctor.facts import once
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Host:
+        def __init__(self, slow: bool) -> None:
+            self.slow = slow
+            self.calls = 0
+
+        @once
+        def value(self) -> int:
+            self.calls += 1
+            if self.slow:
+                entered.set()
+                release.wait(30)
+            return 7
+
+    slow, fast = Host(True), Host(False)
+    worker = threading.Thread(target=lambda: slow.value)
+    worker.start()
+    assert entered.wait(30)
+    done = threading.Event()
+    threading.Thread(target=lambda: (fast.value, done.set())).start()
+    assert done.wait(30), "the second instance waited for the first one's fact"
+    release.set()
+    worker.join(30)
+    assert slow.value == fast.value == 7 and slow.calls == fast.calls == 1
