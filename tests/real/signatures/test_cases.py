@@ -97,3 +97,19 @@ def test_prefilter_keeps_the_results_of_a_full_scan():
 def test_the_table_is_parsed_once_per_process():
     assert load_signatures() is load_signatures()
     assert default_matcher() is default_matcher()
+
+
+EVIDENCE_KINDS = {
+    "nothing known": NO_EVIDENCE,
+    "pcie host": DoctorEvidence("pcie-host", {"driver.date": ("ok", None)}),
+    "pcie docker": DoctorEvidence("pcie-docker", {"libsophon.install": ("ok", None)}),
+    "recent soc": DoctorEvidence("soc-board", {"kernel.date": ("ok", None)}),
+    "old soc": DoctorEvidence("soc-board", {"kernel.date": ("fail", REFLASH)}),
+}
+
+
+@pytest.mark.parametrize("kind", EVIDENCE_KINDS)
+def test_every_row_has_a_fix_that_holds_on_every_kind_of_machine(kind):
+    evidence = EVIDENCE_KINDS[kind]
+    for sig in load_signatures():
+        assert sig.fix_for(evidence).applies(evidence) is not False, f"{sig.id} has no fix for a {kind}"
