@@ -203,8 +203,8 @@ def _commands(row: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
 
 _ROW_KEYS = {"id", "pattern", "severity", "cause", "fixes", "source"}
 _FIX_KEYS = {"id", "summary", "commands", "when", "use"}
-#: A leading case-insensitive flag is the one inline flag a row may use: rows are also joined
-#: into one pre-filter, where a global flag in the middle would not compile.
+#: A leading case-insensitive flag is the one inline flag a row may use (what the pre-filter
+#: reads of a row must mean the same under any flag).
 _LEADING_IGNORECASE = "(?i)"
 _UNSAFE_IN_UNION = re.compile(r"\\[1-9]|\(\?P[<=]|\(\?[aiLmsux]+\)")
 
@@ -311,16 +311,32 @@ _NETRC_PASSWORD = re.compile(r"(?i)(\b(?:password|passwd)\s+)(?!is\b|was\b|for\b
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
-#: Lines with none of these cannot hold a secret any rule or detector finds: they skip the
-#: detector plugins (kernel logs are mostly such lines).
-_MAY_HOLD_SECRET = re.compile(r"(?i)pass|pwd|secret|token|key|auth|cookie|bearer|credential|contrase|://|mysql"
-                              r"|[A-Za-z0-9+/=_-]{16,}")
+#: Lines with none of these hold no secret our own rules find (the token detectors have their
+#: own union pattern): most kernel-log lines skip the rules.
+_MAY_HOLD_SECRET = re.compile(r"pass|pwd|pw|secret|token|key|auth|cookie|bearer|credential|contrase|://|mysql")
+#: Words detect-secrets' keyword detector looks for; it runs only on lines holding one.
+_KEYWORD_HINT = re.compile(r"key|pass|pwd|secret|contrase")
 REDACTED = "[redacted]"
 
 
+@dataclass(frozen=True)
+class _Detectors:
+    """detect-secrets' token regexes, and what decides cheaply which of them a line needs."""
+
+    tokens: tuple[re.Pattern[str], ...]
+    prefilter: Prefilter  # by the literals the token regexes require
+    plain_always: re.Pattern[str] | None  # the case-sensitive regexes without literals, joined
+    keyword_always: tuple[re.Pattern[str], ...]  # the case-insensitive ones: they need a secret word
+    keyword: Any
+
+
+def _scoped(regex: re.Pattern[str]) -> str:
+    return f"(?x:{regex.pattern})" if regex.flags & re.VERBOSE else f"(?:{regex.pattern})"
+
+
 @cache
-def _detectors() -> tuple[tuple[re.Pattern[str], ...], Any]:
-    """detect-secrets' token detectors (their regexes) and its keyword detector.
+def _detectors() -> _Detectors:
+    """detect-secrets' token detectors (their regexes, pre-filtered) and its keyword detector.
 
     The entropy detectors are left out: they take hex addresses and serial numbers, which a
     support report needs, for secrets.
@@ -334,29 +350,41 @@ def _detectors() -> tuple[tuple[re.Pattern[str], ...], Any]:
     for plugin in get_mapping_from_secret_type_to_class().values():
         if issubclass(plugin, RegexBasedDetector) and plugin.__name__ != "IPPublicDetector":
             regexes.extend(plugin().denylist)
-    return tuple(regexes), KeywordDetector()
+    prefilter = Prefilter(regexes)
+    plain = [r for r in prefilter.always if not r.flags & re.IGNORECASE]
+    return _Detectors(tuple(regexes), prefilter, re.compile("|".join(map(_scoped, plain))) if plain else None,
+                      tuple(r for r in prefilter.always if r.flags & re.IGNORECASE), KeywordDetector())
 
 
 def redact_line(line: str) -> str:
     """One line with every secret it holds replaced by [redacted]."""
-    if not _MAY_HOLD_SECRET.search(line):
+    found = _detectors()
+    lowered = line.lower()
+    ours = _MAY_HOLD_SECRET.search(lowered)
+    candidates: tuple[re.Pattern[str], ...] = ()
+    if found.prefilter.may_match(lowered):
+        candidates = found.tokens
+    elif ours or (found.plain_always is not None and found.plain_always.search(line)):
+        candidates = found.prefilter.always
+    if not ours and not any(regex.search(line) for regex in candidates):
         return line
-    line = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", line)
-    line = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{REDACTED}", line)
-    line = _COOKIE_HEADER.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
-    line = _SSHPASS.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
-    line = _MYSQL_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
-    line = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", line)
-    line = _SECRET_OPTION.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", line)
-    line = _PASSWORD_PROSE.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
-    line = _NETRC_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
-    regexes, keyword = _detectors()
-    for regex in regexes:
+    if ours:
+        line = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", line)
+        line = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{REDACTED}", line)
+        line = _COOKIE_HEADER.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
+        line = _SSHPASS.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
+        line = _MYSQL_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
+        line = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", line)
+        line = _SECRET_OPTION.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", line)
+        line = _PASSWORD_PROSE.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
+        line = _NETRC_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}", line)
+    for regex in candidates:
         line = regex.sub(REDACTED, line)
-    for secret in keyword.analyze_line(filename="log.txt", line=line, line_number=0):
-        value = secret.secret_value
-        if value and value != REDACTED:
-            line = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", REDACTED, line)
+    if _KEYWORD_HINT.search(lowered):
+        for secret in found.keyword.analyze_line(filename="log.txt", line=line, line_number=0):
+            value = secret.secret_value
+            if value and value != REDACTED:
+                line = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", REDACTED, line)
     return line
 
 
@@ -386,17 +414,79 @@ def clean_line(raw: str) -> str:
     return ANSI_ESCAPE.sub("", line) if "\x1b" in line else line
 
 
-def union_pattern(signatures: tuple[Signature, ...]) -> re.Pattern[str]:
-    """One regex that matches every line some signature matches (and a few more).
+#: Shortest literal worth a pre-filter word; a row without one is searched on every line.
+MIN_LITERAL = 3
 
-    Case-insensitive over all rows, so it is a superset of each row's own match; a line it
-    misses cannot match any row, which lets the scan skip most lines with one C-level search.
+
+def _sre() -> tuple[Any, Any]:
+    try:
+        import re._constants as constants  # type: ignore[import-not-found,unused-ignore]
+        import re._parser as parser  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_constants as constants  # type: ignore[no-redef,unused-ignore]
+        import sre_parse as parser  # type: ignore[no-redef,unused-ignore]
+    return parser, constants
+
+
+def required_literals(pattern: str) -> frozenset[str] | None:
+    """Lower-case strings one of which every match of ``pattern`` contains; None if none is known.
+
+    Read from the parsed regex: a sequence needs its longest literal run (or a required part),
+    an alternation one literal of each branch, a repeat of at least once its body.
     """
-    bodies = []
-    for sig in signatures:
-        text = sig.pattern.pattern
-        bodies.append(f"(?:{text[len(_LEADING_IGNORECASE):] if text.startswith(_LEADING_IGNORECASE) else text})")
-    return re.compile("|".join(bodies), re.IGNORECASE)
+    parser, c = _sre()
+
+    def sequence(items: Any) -> frozenset[str] | None:
+        options: list[frozenset[str]] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            if run:
+                options.append(frozenset({"".join(run).lower()}))
+                run.clear()
+
+        for op, av in items:
+            if op is c.LITERAL:
+                run.append(chr(av))
+                continue
+            flush()
+            found: frozenset[str] | None = None
+            if op is c.SUBPATTERN:
+                found = sequence(av[-1])
+            elif op is c.BRANCH:
+                branches = [sequence(b) for b in av[1]]
+                found = None if any(b is None for b in branches) else frozenset().union(*branches)  # type: ignore[arg-type]
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
+                body = list(av[2])
+                if len(body) == 1 and body[0][0] is c.LITERAL:
+                    found = frozenset({chr(body[0][1]).lower() * min(av[0], 16)})
+                else:
+                    found = sequence(body)
+            if found is not None:
+                options.append(found)
+        flush()
+        usable = [o for o in options if min(map(len, o)) >= MIN_LITERAL]
+        return max(usable, key=lambda o: min(map(len, o))) if usable else None
+
+    return sequence(parser.parse(pattern))
+
+
+class Prefilter:
+    """Which of many regexes may match a line, from one literal search of the lower-cased line.
+
+    A regex matches only lines holding one of its required literals, whatever its case flags,
+    so a line holding none of them needs only the regexes that have no literal (``always``).
+    """
+
+    def __init__(self, patterns: Iterable[re.Pattern[str]]) -> None:
+        literals = [(p, required_literals(p.pattern)) for p in patterns]
+        self.always = tuple(p for p, words in literals if words is None)
+        words = sorted({w for _, ws in literals if ws for w in ws}, key=len, reverse=True)
+        self._words = re.compile("|".join(map(re.escape, words))) if words else None
+
+    def may_match(self, lowered: str) -> bool:
+        """True if a regex with literals may match; the ``always`` ones are the caller's to try."""
+        return self._words is not None and self._words.search(lowered) is not None
 
 
 class Matcher:
@@ -404,16 +494,16 @@ class Matcher:
 
     def __init__(self, signatures: tuple[Signature, ...] | None = None) -> None:
         self.signatures = load_signatures() if signatures is None else signatures
-        self._union = union_pattern(self.signatures)
+        self._prefilter = Prefilter(sig.pattern for sig in self.signatures)
+        always = set(self._prefilter.always)
+        self._always = tuple(sig for sig in self.signatures if sig.pattern in always)
 
     def scan(self, lines: Iterable[str]) -> list[Match]:
         matches = []
-        union = self._union.search
+        may_match = self._prefilter.may_match
         for line_no, raw in enumerate(lines, 1):
             cleaned = clean_line(raw)
-            if not union(cleaned):
-                continue
-            for sig in self.signatures:
+            for sig in self.signatures if may_match(cleaned.lower()) else self._always:
                 if sig.pattern.search(cleaned):
                     matches.append(Match(line_no, cleaned[:LINE_CHARS], sig))
         return matches

@@ -65,3 +65,24 @@ def test_private_key_blocks_are_masked_whole():
     lines = ["before", "-----BEGIN OPENSSH PRIVATE KEY-----", "b3BlbnNzaC1rZXktdjEAAAAA", "SECRETKEYMATERIAL",
              "-----END OPENSSH PRIVATE KEY-----", "after"]
     assert redact_lines(lines) == ["before", REDACTED, REDACTED, REDACTED, REDACTED, "after"]
+
+
+def test_the_case_insensitive_token_detectors_need_a_word_the_cheap_check_sees():
+    """Those are run only on lines where _MAY_HOLD_SECRET finds a word; each pattern requires one."""
+    from llmtpu.doctor.explain import _detectors
+
+    for regex in _detectors().keyword_always:
+        assert "(?:key|pwd|pw|password|pass|token)" in regex.pattern, regex.pattern
+
+
+def test_the_pre_filters_do_not_change_what_is_masked():
+    """Every token regex on every line, no pre-filter: the same result as redact_line."""
+    from llmtpu.doctor.explain import _detectors
+
+    found = _detectors()
+    lines = [line for line, _ in CORPUS] + KEPT + [
+        "fw AKIAIOSFODNN7EXAMPLE loaded", "user ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef0123", "plain words only"]
+    for line in lines:
+        masked = redact_line(line)
+        for regex in found.tokens:
+            assert not regex.search(masked) or REDACTED in regex.search(masked).group(0), (line, regex.pattern)
