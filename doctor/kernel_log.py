@@ -10,11 +10,20 @@ look, never ok).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from llmtpu.doctor.explain import Match, Matcher, SignatureFix, group_by_signature, redact_lines
-from llmtpu.doctor.facts import SOC_BOARD, Observed
+from llmtpu.doctor.explain import (
+    DoctorEvidence,
+    Match,
+    Matcher,
+    SignatureFix,
+    default_matcher,
+    group_by_signature,
+    redact_line,
+    redact_lines,
+)
+from llmtpu.doctor.facts import Observed
 from llmtpu.target import Target, TargetError
 
 if TYPE_CHECKING:
@@ -23,7 +32,8 @@ if TYPE_CHECKING:
 CHECK_ID = "kernel.log"
 RECORDED = "/_cmd/dmesg.txt"
 #: Lines printed by the Sophgo drivers (bmsophon on PCIe, bmtpu on SoC) and their helpers.
-DRIVER_LINE = re.compile(r"bm-?sophon|bmdrv|bm-?tpu|bm1684|sophon|a53lite|jpudrv|vpudrv|\bion\b", re.IGNORECASE)
+#: Searched in the lower-cased line (a case-insensitive regex costs several times more per line).
+DRIVER_LINE = re.compile(r"bm-?sophon|bmdrv|bm-?tpu|bm1684|sophon|a53lite|jpudrv|vpudrv|\bion\b")
 #: At most this many log lines go into the check's evidence.
 EVIDENCE_LINES = 10
 
@@ -49,11 +59,21 @@ def read_kernel_log(target: Target) -> Observed[str]:
 
 @dataclass(frozen=True)
 class KernelLogScan:
-    """What the kernel log says: the driver's own lines, and known errors anywhere in it."""
+    """What the kernel log says: the driver's own lines, and known errors anywhere in it.
+
+    Matched lines are masked at once (they go into the doctor's evidence); driver lines only
+    when asked for (a support report), so the doctor's check does not pay for masking them.
+    """
 
     lines: int
-    driver_lines: tuple[tuple[int, str], ...]
+    driver_line_numbers: tuple[int, ...]
     matches: tuple[Match, ...]
+    _unmasked: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def driver_lines(self) -> list[tuple[int, str]]:
+        """The Sophgo driver's lines, secrets masked."""
+        return [(n, redact_line(self._unmasked[n - 1])) for n in self.driver_line_numbers]
 
     @property
     def relevant_lines(self) -> list[tuple[int, str]]:
@@ -64,10 +84,25 @@ class KernelLogScan:
 
 
 def scan_kernel_log(text: str, matcher: Matcher) -> KernelLogScan:
-    """Driver lines and known errors, secrets masked: what it finds goes into JSON and reports."""
-    lines = redact_lines(text.splitlines())
-    driver = tuple((n, line) for n, line in enumerate(lines, 1) if DRIVER_LINE.search(line))
-    return KernelLogScan(len(lines), driver, tuple(matcher.scan(lines)))
+    """Driver lines and known errors, secrets masked: what it finds goes into JSON and reports.
+
+    Lines are matched as read and only the lines kept are masked, so a long log costs one
+    pre-filter search per line.
+    """
+    lines = text.splitlines()
+    if "-----BEGIN" in text:  # a key block spans lines: mask them all before anything is kept
+        lines = redact_lines(lines)
+    driver = tuple(n for n, line in enumerate(lines, 1) if DRIVER_LINE.search(line.lower()))
+    matches = tuple(Match(m.line_no, redact_line(m.text), m.signature) for m in matcher.scan(lines))
+    return KernelLogScan(len(lines), driver, matches, tuple(lines))
+
+
+def doctor_evidence(f: Facts) -> DoctorEvidence:
+    """What the other checks find on this machine: it decides which fix a known error gets."""
+    from llmtpu.doctor.checks import CHECKS, run_check
+
+    results = [run_check(c, f) for c in CHECKS if c.id not in (CHECK_ID, "smoke.inference")]
+    return DoctorEvidence.from_results(f.kind.value, results, f.target.name)
 
 
 def as_fix(fix: SignatureFix) -> Fix:
@@ -85,17 +120,17 @@ def check_kernel_log(f: Facts) -> CheckResult:
         if observed.problem == "missing":
             return result(CHECK_ID, SKIP, f"kernel log not recorded in this sysroot ({RECORDED})", [ev(observed)])
         return result(CHECK_ID, WARN, f"kernel log not read: {observed.problem}", [ev(observed)])
-    scan = scan_kernel_log(observed.value, Matcher())
+    scan = scan_kernel_log(observed.value, default_matcher())
     if not scan.matches:
         return result(CHECK_ID, OK, f"no known error in {scan.lines} kernel-log lines "
-                                    f"({len(scan.driver_lines)} from the Sophgo driver)", [ev(observed)])
-    soc = f.kind.value == SOC_BOARD
+                                    f"({len(scan.driver_line_numbers)} from the Sophgo driver)", [ev(observed)])
+    evidence = doctor_evidence(f)
     groups = group_by_signature(list(scan.matches))
     failing = [sig for sig, _ in groups if sig.severity == "fail"]
     first = failing[0] if failing else groups[0][0]
-    evidence = [Evidence(f"dmesg line {m.line_no}", m.text) for m in scan.matches[:EVIDENCE_LINES]]
-    evidence += [Evidence(f"also {sig.id}", f"fix {sig.fix_for(soc).id}: {sig.fix_for(soc).summary}")
-                 for sig, _ in groups if sig is not first]
+    evidence_lines = [Evidence(f"dmesg line {m.line_no}", m.text) for m in scan.matches[:EVIDENCE_LINES]]
+    evidence_lines += [Evidence(f"also {sig.id}", f"fix {sig.fix_for(evidence).id}: {sig.fix_for(evidence).summary}")
+                       for sig, _ in groups if sig is not first]
     names = ", ".join(sig.id for sig, _ in groups)
     summary = f"{len(groups)} known error(s) in the kernel log: {names}. {first.id}: {first.cause}"
-    return result(CHECK_ID, FAIL if failing else WARN, summary, evidence, as_fix(first.fix_for(soc)))
+    return result(CHECK_ID, FAIL if failing else WARN, summary, evidence_lines, as_fix(first.fix_for(evidence)))

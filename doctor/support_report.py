@@ -30,7 +30,7 @@ from typing import Any
 from llmtpu import __version__
 from llmtpu.doctor import facts
 from llmtpu.doctor.checks import DoctorOptions, Facts
-from llmtpu.doctor.explain import Match, Matcher, match_json, redact_lines
+from llmtpu.doctor.explain import DoctorEvidence, Match, default_matcher, match_json, redact_lines
 from llmtpu.doctor.kernel_log import scan_kernel_log
 from llmtpu.doctor.report import Report, run_doctor
 from llmtpu.target import Target, TargetError
@@ -193,14 +193,29 @@ def machine_versions(target: Target, kind: str) -> MachineVersions:
     driver = facts.driver_version(target)
     install = facts.libsophon_install(target).value
     packages = facts.sophon_packages(target).value or {}
+    versions = {p.name: p.version for p in packages.values()}
+    libsophon = install.version if install else None
     sdk = None
     if kind == facts.SOC_BOARD:
         bm_version = facts.bm_version(target).value
         sdk = facts.parse_sdk_version(bm_version) if bm_version else None
+        libsophon = (libsophon or versions.get(SOC_LIBSOPHON_PACKAGE)
+                     or (bm_version_package(bm_version, SOC_LIBSOPHON_PACKAGE) if bm_version else None))
     return MachineVersions(
         kind, uname_v, uname_r, driver.value.version if driver.value else None, driver.raw if driver.value else None,
-        install.version if install else None, {p.name: p.version for p in packages.values()}, sdk,
+        libsophon, versions, sdk,
     )
+
+
+#: The SoC image's libsophon package, as dpkg and `bm_version` name it.
+SOC_LIBSOPHON_PACKAGE = "sophon-soc-libsophon"
+
+
+def bm_version_package(bm_version_text: str, package: str) -> str | None:
+    """A package's version from `bm_version` ("sophon-soc-libsophon : 0.5.1"): boards whose dpkg
+    has no entry for it (images flashed without the package database) still name it there."""
+    match = re.search(rf"^\s*{re.escape(package)}\s*:\s*(\S+)", bm_version_text, re.MULTILINE)
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -220,7 +235,8 @@ def collect_report(target: Target, options: DoctorOptions, engine_log: EngineLog
     """Run the doctor and gather the allow-listed facts. Reads only; changes nothing."""
     shared = Facts(target, options)
     doctor = run_doctor(target, options, shared=shared)
-    matcher = Matcher()
+    matcher = default_matcher()
+    evidence = DoctorEvidence.from_results(doctor.machine_kind, doctor.results, doctor.host)
     members: dict[str, bytes] = {"doctor.json": _json(doctor.to_json())}
 
     kernel = shared.kernel_log  # the one dmesg the kernel.log check ran
@@ -236,8 +252,8 @@ def collect_report(target: Target, options: DoctorOptions, engine_log: EngineLog
         note = f"[llmtpu: only the last {ENGINE_LOG_LIMIT >> 20} MiB of {engine_log.name} kept]\n"
         members["engine-log.txt"] = ((note if engine_log.truncated else "") + "\n".join(engine_lines) + "\n").encode()
     members["signatures.json"] = _json({
-        "kernel_log": [match_json(m) for m in kernel_matches],
-        "engine_log": [match_json(m) for m in engine_matches],
+        "kernel_log": [match_json(m, evidence) for m in kernel_matches],
+        "engine_log": [match_json(m, evidence) for m in engine_matches],
     })
 
     machine = machine_versions(target, doctor.machine_kind)
@@ -253,7 +269,8 @@ def collect_report(target: Target, options: DoctorOptions, engine_log: EngineLog
         "machine": machine.to_json(),
     })
     members["summary.md"] = render_summary(
-        doctor, machine, python, commit, kernel.problem, engine_log, kernel_matches, engine_matches).encode()
+        doctor, machine, python, commit, kernel.problem, engine_log, kernel_matches, engine_matches,
+        evidence).encode()
     safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", doctor.host) or "host"
     return SupportReport(f"llmtpu-report-{safe_host}", members, doctor.verdict,
                          len(kernel_matches) + len(engine_matches))
@@ -274,7 +291,8 @@ _TEMPLATE_KIND = {
 
 def render_summary(doctor: Report, machine: MachineVersions, python: dict[str, str], commit: GitCommit | None,
                    kernel_problem: str | None, engine_log: EngineLog | None,
-                   kernel_matches: list[Match], engine_matches: list[Match]) -> str:
+                   kernel_matches: list[Match], engine_matches: list[Match],
+                   evidence: DoctorEvidence | None = None) -> str:
     def cell(value: str | None) -> str:
         return (value or "unknown").replace("|", "\\|").replace("\n", " ")
 
@@ -321,10 +339,10 @@ def render_summary(doctor: Report, machine: MachineVersions, python: dict[str, s
     found = [("kernel log", m) for m in kernel_matches] + [("engine log", m) for m in engine_matches]
     if not found:
         lines.append("None found" + ("" if engine_log else " (no engine log given: --log FILE)") + ".")
-    soc = machine.kind == facts.SOC_BOARD
+    evidence = evidence or DoctorEvidence.from_results(doctor.machine_kind, doctor.results, doctor.host)
     for where, match in found:
         sig = match.signature
-        fix = sig.fix_for(soc)
+        fix = sig.fix_for(evidence)
         lines.append(f"- `{sig.id}` ({where} line {match.line_no}): {sig.cause}. "
                      f"Fix ({fix.id}): {fix.summary}. Source: {sig.source}.")
     lines += [

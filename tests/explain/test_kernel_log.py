@@ -128,3 +128,23 @@ def test_support_report_reads_the_kernel_log_once(sysroot):
     assert next(c for c in doctor["checks"] if c["id"] == "kernel.log")["status"] == "fail"
     assert "firmware load failed" in report.members["kernel-log.txt"].decode()
     assert target.dmesg_reads == 1
+
+
+def test_a_known_error_gets_the_fix_the_machine_evidence_supports(sysroot):
+    """The same line: a reflash only on the board whose kernel predates 20240110 (issue 12 item 3)."""
+    line = "[   12.000000] bm-tpu0 bmdrv: request_firmware fail, please check if these is bm1684x_firmware.bin"
+    fixes = {}
+    for board in ("soc-board-old-kernel", "soc-board-ok"):
+        root = sysroot(board)
+        record(root, SOC_DMESG + line + "\n")
+        res = run_check(KERNEL_LOG_CHECK, facts_for(root))
+        assert res.status == FAIL and res.fix is not None
+        fixes[board] = res.fix.id
+    assert fixes == {"soc-board-old-kernel": "sdcard.flash", "soc-board-ok": "none"}
+
+
+def test_a_hung_chip_on_a_recent_soc_gets_a_reboot_not_a_reflash(sysroot):
+    root = sysroot("soc-board-ok")
+    record(root, SOC_DMESG + "[   20.000000] bm-tpu0 tpu api [5:GEMM] timeout\n")
+    res = run_check(KERNEL_LOG_CHECK, facts_for(root))
+    assert res.fix is not None and res.fix.commands == ("sudo reboot",)

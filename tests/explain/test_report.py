@@ -205,3 +205,21 @@ def test_package_versions_name_each_package_or_say_not_installed():
             assert versions[name] == metadata.version(name)
         except metadata.PackageNotFoundError:
             assert versions[name] == NOT_INSTALLED
+
+
+def test_soc_libsophon_comes_from_bm_version_when_dpkg_has_no_entry(sysroot, tmp_path, monkeypatch):
+    """A flashed image without libsophon in dpkg's database: the report names bm_version's, not "?"."""
+    root = sysroot("soc-board-ok")
+    status = root / "var" / "lib" / "dpkg" / "status"
+    paragraphs = status.read_text().split("\n\n")
+    status.write_text("\n\n".join(p for p in paragraphs if "Package: sophon-soc-libsophon" not in p))
+    link = root / "opt" / "sophon" / "libsophon-current"
+    link.unlink()
+    shutil.rmtree(root / "opt" / "sophon" / "libsophon-0.5.1")
+    out = tmp_path / "report.tar.gz"
+    assert run_cli(monkeypatch, ["report", "--root", str(root), "-o", str(out)]) in (0, 1, 2)
+    files = members(out)
+    folder = next(iter(files)).split("/")[0]
+    summary = files[f"{folder}/summary.md"].decode()
+    assert "| driver version | libsophon 0.5.1 (SoC: no separate driver) |" in summary
+    assert "libsophon ?" not in summary
