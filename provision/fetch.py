@@ -103,23 +103,49 @@ def _artifact(part: str, dfss_path: str, checks: Mapping[str, Any]) -> Artifact:
                     int(size) if size is not None else None, checks.get("sha256"))
 
 
-def _check_and_place(path: str, artifact: Artifact, dest_dir: str) -> str:
-    """Verify what is known about the file, then rename it into place (same filesystem)."""
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(RECEIVE_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_and_place(path: str, artifact: Artifact, dest_dir: str, sha256: str | None = None) -> str:
+    """Verify what is known about the file, then rename it into place (same filesystem).
+
+    ``sha256`` is the digest already computed while the file was written (a mirror download),
+    so the file is not read a second time; the data is already on disk (fsynced).
+    """
     size = os.path.getsize(path)
     if artifact.size is not None and size != artifact.size:
         raise FetchError(f"{artifact.name}: {size} bytes, expected {artifact.size}; refused, nothing placed")
     if artifact.sha256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != artifact.sha256.lower():
-            raise FetchError(f"{artifact.name}: sha256 {digest.hexdigest()} differs from the expected "
+        actual = sha256 or _sha256_of(path)
+        if actual != artifact.sha256.lower():
+            raise FetchError(f"{artifact.name}: sha256 {actual} differs from the expected "
                              f"{artifact.sha256}; refused, nothing placed")
     final = os.path.join(dest_dir, artifact.name)
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+    if sha256 is None:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
     os.replace(path, final)
+    return final
+
+
+def already_placed(artifact: Artifact, dest_dir: str) -> str | None:
+    """The path of ``artifact`` in ``dest_dir`` when it is there and matches what is known of it.
+
+    A file under its final name was placed by a verified fetch (or by the user); it is checked
+    again against the size and sha256 known now, and a mismatch means it is fetched again.
+    """
+    final = os.path.join(dest_dir, os.path.basename(artifact.name))
+    if os.path.islink(final) or not os.path.isfile(final):
+        return None
+    if artifact.size is not None and os.path.getsize(final) != artifact.size:
+        return None
+    if artifact.sha256 and _sha256_of(final) != artifact.sha256.lower():
+        return None
     return final
 
 
@@ -140,6 +166,9 @@ class DfssSource:
         return f"dfss ({self.interpreter} -m dfss)"
 
     def fetch(self, artifact: Artifact, dest_dir: str, reporter: Reporter) -> str:
+        placed = already_placed(artifact, dest_dir)
+        if placed is not None:
+            return placed
         os.makedirs(dest_dir, exist_ok=True)
         workdir = tempfile.mkdtemp(prefix=".llmtpu-dfss-", dir=dest_dir)  # mode 0700
         url = f"{self.prefix}{artifact.dfss_path}"
@@ -394,14 +423,17 @@ class MirrorSource:
         if artifact.sha256 and artifact.sha256.lower() != entry.sha256:
             raise FetchError(f"{self.url}: the manifest's sha256 for {artifact.name} differs from sources.toml; "
                              "refusing the mirror's copy")
+        known = Artifact(artifact.part, os.path.basename(artifact.name), artifact.dfss_path, entry.size, entry.sha256)
+        placed = already_placed(known, dest_dir)
+        if placed is not None:
+            return placed
         os.makedirs(dest_dir, exist_ok=True)
         part = os.path.join(dest_dir, f".{os.path.basename(artifact.name)}.part")
         try:
-            download(self.transport, entry, part, reporter)
+            sha256 = download(self.transport, entry, part, reporter)
         finally:
             self.transport.close()
-        return _check_and_place(part, Artifact(artifact.part, os.path.basename(artifact.name), artifact.dfss_path,
-                                               entry.size, entry.sha256), dest_dir)
+        return _check_and_place(part, known, dest_dir, sha256)
 
 
 def _hash_prefix(path: str, size: int) -> hashlib._Hash:
@@ -477,12 +509,37 @@ class _HashWriter:
         self.window_start = self.written
 
 
-def download(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter) -> None:
-    """Fill ``part`` with ``entry``, resuming from what it holds; refuse and delete it on a bad hash."""
+def download(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter) -> str:
+    """Fill ``part`` with ``entry``, resuming from what it holds; its sha256, hashed once while writing.
+
+    A bad hash after resuming blames the partial file of the earlier run first: it is deleted
+    and the file downloaded whole once more; only a whole download with a bad hash blames the
+    mirror. A bad hash deletes ``part`` and nothing is placed.
+    """
+    if os.path.islink(part):
+        os.unlink(part)  # never write through a link planted under our partial file's name
+    elif os.path.lexists(part) and not os.path.isfile(part):
+        raise FetchError(f"{part}: not a regular file; remove it and rerun")
+    sha256, resumed_from = _fill(transport, entry, part, reporter)
+    if sha256 != entry.sha256 and resumed_from:
+        os.unlink(part)
+        sha256, _ = _fill(transport, entry, part, reporter)
+        if sha256 == entry.sha256:
+            return sha256
+    if sha256 != entry.sha256:
+        os.unlink(part)
+        raise FetchError(f"{entry.name}: sha256 {sha256} differs from the manifest's {entry.sha256}; "
+                         "the mirror's copy is corrupt; refused, nothing placed")
+    return sha256
+
+
+def _fill(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter) -> tuple[str, int]:
+    """Download into ``part`` from what it holds: (sha256 of the whole file, bytes kept from before)."""
     have = os.path.getsize(part) if os.path.exists(part) else 0
     if have > entry.size:
         os.unlink(part)
         have = 0
+    resumed_from = have
     digest = _hash_prefix(part, have) if have else hashlib.sha256()
     reporter.begin(entry.name, entry.size, have)
     attempts = 0
@@ -494,7 +551,7 @@ def download(transport: Transport, entry: MirrorFile, part: str, reporter: Repor
                     out.seek(0)
                     out.truncate()
                     digest = hashlib.sha256()
-                    have = 0
+                    have = resumed_from = 0
                 writer = _HashWriter(out, digest)
                 try:
                     while have < entry.size:
@@ -529,10 +586,7 @@ def download(transport: Transport, entry: MirrorFile, part: str, reporter: Repor
             os.fsync(out.fileno())
     finally:
         reporter.end()
-    if digest.hexdigest() != entry.sha256:
-        os.unlink(part)
-        raise FetchError(f"{entry.name}: sha256 {digest.hexdigest()} differs from the manifest's {entry.sha256}; "
-                         "the mirror's copy is corrupt; refused, nothing placed")
+    return digest.hexdigest(), resumed_from
 
 
 def fetch(artifacts_wanted: list[Artifact], source: DfssSource | MirrorSource, dest_dir: str,
