@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from llmtpu.doctor.checks import FAIL, WARN, CheckResult, DoctorOptions
 from llmtpu.doctor.report import run_doctor
-from llmtpu.provision.operation import Journal, OperationError, Plan, confirm
+from llmtpu.provision.operation import Journal, Operation, OperationError, Plan, confirm
 from llmtpu.provision.registry import FACTORIES, FixSources
 from llmtpu.target import Target
 
@@ -54,9 +54,11 @@ class FixReport:
     host: str
     root: str
     manual: list[CheckResult] = field(default_factory=list)
+    #: fixes whose operation could not be planned here (e.g. memory_edit.sh missing): checks and why
+    unplannable: list[tuple[list[str], str]] = field(default_factory=list)
     plans: list[tuple[list[str], Plan]] = field(default_factory=list)
-    #: nothing to fix / nothing to do / not applied / applied / failed / rerun with sudo
-    result: str = "nothing to fix"
+    #: nothing to do / manual steps left / not applied / applied / failed / rerun with sudo
+    result: str = "nothing to do"
     error: str | None = None
     problems: list[str] = field(default_factory=list)
     after_reboot: list[str] = field(default_factory=list)
@@ -69,7 +71,9 @@ class FixReport:
             "host": self.host,
             "root": self.root,
             "manual": [{"check": r.id, "status": r.status, "fix": r.fix.id if r.fix else None,
-                        "summary": r.fix.summary if r.fix else r.summary} for r in self.manual],
+                        "summary": r.fix.summary if r.fix else r.summary} for r in self.manual]
+            + [{"check": c, "status": None, "fix": None, "summary": why} for checks, why in self.unplannable
+               for c in checks],
             "plan": [{"checks": checks, "operation": plan.operation, "nothing_to_do": plan.nothing_to_do,
                       "changes": [{"what": c.what, "before": c.before, "after": c.after} for c in plan.changes],
                       "notes": plan.notes, "reboot_required": plan.reboot_required}
@@ -121,16 +125,23 @@ def doctor_fix(target: Target, options: DoctorOptions, assume_yes: bool, out: Te
         fix_id = res.fix.id if res.fix else "none"
         out.write(f"{res.id}: {res.status}: no automatic fix ({fix_id}); do it by hand: "
                   f"{res.fix.summary if res.fix else res.summary}\n")
-    if not selection.checks_by_fix:
-        out.write("nothing llmtpu can fix automatically\n")
-        fixed.exit_code = 0 if not selection.manual else 2
+    planned: list[tuple[list[str], Operation, Plan]] = []
+    for fix_id, checks in selection.checks_by_fix.items():
+        try:
+            operation = FACTORIES[fix_id](target, sources.as_args())
+            planned.append((checks, operation, operation.plan(target)))
+        except OperationError as exc:  # this fix cannot even be planned here: a step for the user
+            fixed.unplannable.append((checks, str(exc)))
+            out.write(f"{', '.join(checks)}: cannot be fixed automatically here: {exc}\n")
+    if not planned:
+        out.write("nothing llmtpu can fix automatically: do the steps above by hand\n" if fixed.manual or
+                  fixed.unplannable else "nothing to do: no check needs a fix\n")
+        fixed.result = "nothing to do" if not (fixed.manual or fixed.unplannable) else "manual steps left"
+        fixed.exit_code = 2 if fixed.manual or fixed.unplannable else 0
         return fixed
-    try:
-        operations = [FACTORIES[fix_id](target, sources.as_args()) for fix_id in selection.checks_by_fix]
-        plans = [op.plan(target) for op in operations]
-    except OperationError as exc:
-        return _failed(fixed, out, str(exc))
-    fixed.plans = [(checks, plan) for checks, plan in zip(selection.checks_by_fix.values(), plans, strict=True)]
+    operations = [operation for _, operation, _ in planned]
+    plans = [plan for _, _, plan in planned]
+    fixed.plans = [(checks, plan) for checks, _, plan in planned]
     for checks, plan in fixed.plans:
         out.write(f"for {', '.join(checks)}:\n")
         out.write("\n".join(plan.lines(target.root)) + "\n")
@@ -144,7 +155,7 @@ def doctor_fix(target: Target, options: DoctorOptions, assume_yes: bool, out: Te
         if unsettled:
             out.write(f"{', '.join(unsettled)} still not ok although nothing is left to change; "
                       "see `llmtpu doctor -v`\n")
-        fixed.exit_code = 2 if selection.manual or unsettled else 1 if fixed.after_reboot else 0
+        fixed.exit_code = 2 if selection.manual or fixed.unplannable or unsettled else 1 if fixed.after_reboot else 0
         return fixed
     if not confirm(plans, assume_yes, stdin, out):
         out.write("not applied\n")
@@ -178,7 +189,7 @@ def doctor_fix(target: Target, options: DoctorOptions, assume_yes: bool, out: Te
     for res in fixed.rechecks:
         out.write(f"re-check {res.id}: {res.status}: {res.summary}\n")
     still = [r for r in fixed.rechecks if r.status in (WARN, FAIL)]
-    fixed.exit_code = 2 if still or fixed.problems or selection.manual else 0
+    fixed.exit_code = 2 if still or fixed.problems or selection.manual or fixed.unplannable else 0
     return fixed
 
 
