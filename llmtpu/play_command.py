@@ -27,7 +27,8 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "play", help="run a named end-to-end flow (playbook)",
         description="Run a playbook: a built-in name (see --list) or the path of your own copy. "
-                    "Prints the plan, asks, runs, and records progress so a rerun continues.")
+                    "Prints the plan, asks, runs. A rerun re-reads the machine and redoes only what "
+                    "is no longer in place; a stop for a manual step continues after it.")
     parser.add_argument("playbook", nargs="?", help="playbook name or path to a .toml file")
     parser.add_argument("--list", action="store_true", help="list the built-in playbooks")
     parser.add_argument("--root", default="/", metavar="DIR", help="run against this sysroot folder")
