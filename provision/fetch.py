@@ -13,6 +13,7 @@ partial or corrupt download is never visible under the final name).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import os
@@ -23,9 +24,9 @@ import sys
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from llmtpu.data import load_toml
 from llmtpu.provision.mirror import MANIFEST_NAME, MirrorError, MirrorFile, parse_manifest
@@ -452,7 +453,7 @@ class _HashWriter:
 
     BUFFERS = 4
     #: Every this many bytes, start writing the last window to disk without waiting for it
-    #: (Linux starts writeback on POSIX_FADV_DONTNEED), so the fsync before placing is short.
+    #: (start_disk_write), so the fsync before placing is short.
     WRITEBACK_WINDOW = 64 << 20
 
     def __init__(self, out: BinaryIO, digest: Any) -> None:
@@ -503,10 +504,40 @@ class _HashWriter:
 
     def _start_writeback(self) -> None:
         self.out.flush()
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self.out.fileno(), self.window_start, self.written - self.window_start,
-                             os.POSIX_FADV_DONTNEED)
+        start_disk_write(self.out.fileno(), self.window_start, self.written - self.window_start)
         self.window_start = self.written
+
+
+#: sync_file_range(2)'s "start writing these pages, do not wait" flag.
+SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range (Linux), which Python's os module lacks; None elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+def start_disk_write(fd: int, offset: int, length: int) -> None:
+    """Start writing a written range to disk without waiting, so the fsync before placing is short.
+
+    sync_file_range(SYNC_FILE_RANGE_WRITE) measured ~2x faster here than POSIX_FADV_DONTNEED,
+    which also drops the pages; the fsync before placing is what makes the file durable.
+    """
+    function = _sync_file_range()
+    if function is not None and function(fd, offset, length, SYNC_FILE_RANGE_WRITE) == 0:
+        return
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def download(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter) -> str:
