@@ -622,6 +622,18 @@ def _fill(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter
 
 def fetch(artifacts_wanted: list[Artifact], source: DfssSource | MirrorSource, dest_dir: str,
           reporter: Reporter | None = None) -> list[str]:
-    """Fetch each artifact into ``dest_dir``; returns the placed paths, in order."""
+    """Fetch each artifact into ``dest_dir``; returns the placed paths, in order.
+
+    The folder itself is locked (flock) meanwhile, so two fetches into it (two hosts of one
+    playbook, two shells) never write the same partial file; the second finds the files placed.
+    """
+    import fcntl
+
     reporter = reporter or SilentReporter()
-    return [source.fetch(a, dest_dir, reporter) for a in artifacts_wanted]
+    os.makedirs(dest_dir, exist_ok=True)
+    lock = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return [source.fetch(a, dest_dir, reporter) for a in artifacts_wanted]
+    finally:
+        os.close(lock)

@@ -289,3 +289,31 @@ def test_a_mirror_download_reads_the_file_once(mirror_dir: Path, tmp_path: Path,
     monkeypatch.setattr(fetch, "_sha256_of", lambda path: pytest.fail(f"{path} hashed a second time"))
     placed = fetch.fetch(fetch.artifacts("driver"), MirrorSource(mirror_dir.as_uri()), str(tmp_path / "d"))
     assert Path(placed[0]).read_bytes() == (mirror_dir / "sophon-driver_0.5.1_amd64.deb").read_bytes()
+
+
+def test_two_fetches_into_one_folder_at_once_do_not_share_a_partial_file(mirror_dir: Path, tmp_path: Path) -> None:
+    """Two hosts of one playbook fetch into the same cache: one downloads, the other finds it placed."""
+    import threading
+
+    dest = tmp_path / "d"
+    server = FileServer(mirror_dir).start()
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            fetch.fetch(fetch.artifacts("driver"), MirrorSource(server.url), str(dest))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        server.stop()
+    assert errors == []
+    assert sum(r.startswith("/sophon-driver") for r in server.requests) == 1
+    name = "sophon-driver_0.5.1_amd64.deb"
+    assert (dest / name).read_bytes() == (mirror_dir / name).read_bytes()
