@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
 from llmtpu.hosts_command import add_fleet_arguments
+from llmtpu.provision.registry import add_debs_source_arguments, debs_source_from_args
 
 if TYPE_CHECKING:
     from llmtpu.doctor.checks import DoctorOptions
@@ -41,9 +42,7 @@ def add_parser(commands: Any) -> None:
     fix = parser.add_argument_group("fixing")
     fix.add_argument("--fix", action="store_true", help="plan the fixes for failing checks, ask, apply, re-check")
     fix.add_argument("--yes", action="store_true", help="with --fix: apply without asking")
-    fix.add_argument("--debs", metavar="DIR", help="with --fix: install the sophon debs from this folder")
-    fix.add_argument("--mirror", metavar="URL", help="with --fix: fetch the debs from this mirror instead of dfss")
-    fix.add_argument("--deb-version", metavar="V", help="with --fix: sophon deb release to install (default 0.5.1)")
+    add_debs_source_arguments(fix)
     add_fleet_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -84,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--fix works on one machine; for many, run a playbook: "
                              "`llmtpu play fresh-pcie-host --inventory FILE --yes`")
         return run_fleet(args, options)
+    if (args.debs or args.mirror or args.deb_version) and not args.fix:
+        raise UsageError("--debs, --mirror and --deb-version say where --fix gets the debs: add --fix")
     if args.limit:
         raise UsageError("--limit selects hosts of --inventory or --hosts; give one of them")
     local_root(args.root)
@@ -107,19 +108,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_fix(args: argparse.Namespace, target: Any, options: DoctorOptions) -> int:
-    """`--fix`: provision/fixes.py plans every fix, asks once, applies, re-runs the checks."""
-    from llmtpu.provision.fixes import FixSources, doctor_fix
+    """`--fix`: provision/fixes.py plans every fix, asks once, applies, re-runs the checks.
+
+    With --json the progress goes to stderr and stdout carries one llmtpu.doctor.fix/1 document.
+    """
+    import json
+
+    from llmtpu.provision.fixes import doctor_fix
     from llmtpu.provision.operation import ConfirmationRefused, OperationError
 
-    sources = FixSources(debs_dir=args.debs, mirror=args.mirror, version=args.deb_version)
+    sources = debs_source_from_args(args)
     try:
-        return doctor_fix(target, options, assume_yes=args.yes, out=sys.stdout, sources=sources, only=args.only,
-                          argv=sys.argv[1:])
+        fixed = doctor_fix(target, options, assume_yes=args.yes, out=sys.stderr if args.json else sys.stdout,
+                           sources=sources, only=args.only, argv=sys.argv[1:])
     except ConfirmationRefused as exc:
         raise UsageError(str(exc)) from exc
     except OperationError as exc:
         print(f"llmtpu: fix failed: {exc}", file=sys.stderr)
         return 2
+    if args.json and fixed.result != "rerun with sudo":  # the sudo run prints its own document
+        json.dump(fixed.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return fixed.exit_code
 
 
 def run_fleet(args: argparse.Namespace, options: DoctorOptions) -> int:

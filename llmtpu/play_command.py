@@ -12,7 +12,7 @@ from typing import Any
 
 from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
 
-STATUS_STYLE = {"done": "green", "done earlier": "dim", "skipped": "dim", "planned": "cyan",
+STATUS_STYLE = {"done": "green", "in place": "green", "done earlier": "dim", "skipped": "dim", "planned": "cyan",
                 "stopped": "yellow", "failed": "bold red"}
 
 
@@ -27,7 +27,8 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "play", help="run a named end-to-end flow (playbook)",
         description="Run a playbook: a built-in name (see --list) or the path of your own copy. "
-                    "Prints the plan, asks, runs, and records progress so a rerun continues.")
+                    "Prints the plan, asks, runs. A rerun re-reads the machine and redoes only what "
+                    "is no longer in place; a stop for a manual step continues after it.")
     parser.add_argument("playbook", nargs="?", help="playbook name or path to a .toml file")
     parser.add_argument("--list", action="store_true", help="list the built-in playbooks")
     parser.add_argument("--root", default="/", metavar="DIR", help="run against this sysroot folder")
@@ -38,6 +39,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--restart", action="store_true", help="forget earlier progress and start over")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="variables",
                         help="fill {NAME} in the playbook's steps (e.g. --set bundle=./airbox-bundle)")
+    from llmtpu.provision.registry import add_debs_source_arguments
+
+    add_debs_source_arguments(parser.add_argument_group("where fix steps get the sophon debs (default: dfss)"))
     smoke = parser.add_argument_group("inference smoke test (steps with smoke = true, clock-search)")
     smoke.add_argument("--engine", metavar="PATH", help="engine binary on the machine")
     smoke.add_argument("--lib-dir", metavar="DIR", help="folder with libbmrt.so on the machine")
@@ -56,8 +60,12 @@ class HostPlay:
 
 
 def play_on(book: Any, target: Any, options: Any, state_dir: Path, dry_run: bool, restart: bool,
-            confirm: Any = None, variables: dict[str, str] | None = None) -> HostPlay:
-    """Plan the playbook on one machine, then (unless dry run, and once confirmed) run it."""
+            confirm: Any = None, variables: dict[str, str] | None = None,
+            sources: dict[str, Any] | None = None) -> HostPlay:
+    """Plan the playbook on one machine, then (unless dry run, and once confirmed) run it.
+
+    ``sources`` (FixSources.as_args()) says where operations get the debs; a step's own args win.
+    """
     from llmtpu.playbook import PlayRunner, PlayState
     from llmtpu.provision.registry import operation_for
 
@@ -67,7 +75,7 @@ def play_on(book: Any, target: Any, options: Any, state_dir: Path, dry_run: bool
         state_file.unlink()
 
     def build(op_id: str, op_args: dict[str, Any]) -> Any:
-        return operation_for(op_id, target, op_args)
+        return operation_for(op_id, target, {**(sources or {}), **op_args})
 
     def execute(dry: bool) -> list[Any]:
         return PlayRunner(book, target, PlayState.load(state_file), options, build, dry_run=dry,
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.doctor.checks import DEFAULT_MODEL, DoctorOptions, check_ids
     from llmtpu.playbook import PlaybookError, builtin_names, parse_playbook, read_playbook_text
     from llmtpu.provision.operation import ConfirmationRefused, OperationError, ask_to_apply
-    from llmtpu.provision.registry import operation_ids
+    from llmtpu.provision.registry import debs_source_from_args, operation_ids
     from llmtpu.target import LocalTarget
 
     if args.list:
@@ -110,12 +118,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--set {item!r}: give NAME=VALUE")
         variables[name] = value
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    sources = debs_source_from_args(args).as_args()
     if args.inventory or args.hosts:
         refuse_root_with_hosts(args.root)
         if not (args.dry_run or args.yes):
             raise UsageError("a playbook on many hosts runs without questions: review it with --dry-run, "
                              "then pass --yes")
-        return run_many(args, book, options, state_dir, variables)
+        return run_many(args, book, options, state_dir, variables, sources)
     target = LocalTarget(local_root(args.root))
 
     def confirm(planned: list[Any]) -> bool:
@@ -123,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         return ask_to_apply(args.yes)
 
     try:
-        played = play_on(book, target, options, state_dir, args.dry_run, args.restart, confirm, variables)
+        played = play_on(book, target, options, state_dir, args.dry_run, args.restart, confirm, variables, sources)
     except (PlaybookError, ConfirmationRefused) as exc:
         raise UsageError(str(exc)) from exc
     except OperationError as exc:
@@ -147,7 +156,8 @@ def exit_code(outcomes: list[Any]) -> int:
     return 0
 
 
-def run_many(args: argparse.Namespace, book: Any, options: Any, state_dir: Path, variables: dict[str, str]) -> int:
+def run_many(args: argparse.Namespace, book: Any, options: Any, state_dir: Path, variables: dict[str, str],
+             sources: dict[str, Any]) -> int:
     """Every host at once (bounded pool): plans printed per host, then a per-host summary."""
     from rich.console import Console
 
@@ -158,7 +168,7 @@ def run_many(args: argparse.Namespace, book: Any, options: Any, state_dir: Path,
     with live_progress(len(specs), Console(stderr=True), "playing") as (on_start, on_done):
         results = run_on_hosts(
             specs, lambda target: play_on(book, target, options, state_dir, args.dry_run, args.restart,
-                                          variables=variables),
+                                          variables=variables, sources=sources),
             ssh_options, parallel=args.parallel, on_start=on_start, on_done=on_done)
     worst = 0
     rows = []

@@ -249,6 +249,11 @@ class StepFailed(Exception):
     """A step could not complete; the run stops and the state keeps the steps done so far."""
 
 
+def failed_outcome(step: Step, exc: Exception) -> StepOutcome:
+    """An operation's or the machine's error as the step's one-line failure (play exits 2)."""
+    return StepOutcome(step.id, "failed", (f"{step.id}: {exc}",))
+
+
 class PlayRunner:
     """Runs one playbook on one host: doctor steps read, fix/operation steps plan then apply.
 
@@ -277,33 +282,44 @@ class PlayRunner:
         return _VARIABLE.sub(lambda m: self.variables[m.group(1)], raw)
 
     def run(self) -> list[StepOutcome]:
+        """Every run re-verifies: doctor steps read the machine again, fix and operation steps plan
+        again (an effect still in place plans nothing: "in place"), and conditions see this run's
+        results. Only a manual stop (a ``say`` step with ``stop``) that a rerun acknowledged is
+        not repeated; a run that completes forgets those acknowledgements."""
+        from llmtpu.provision.operation import OperationError
+        from llmtpu.target import TargetError
+
         outcomes: list[StepOutcome] = []
         self.state.stopped_at = None
+        self.state.results = {}
         for step in self.playbook.steps:
-            if step.id in self.state.done:
-                outcomes.append(StepOutcome(step.id, "done earlier"))
-                continue
             if step.when is not None and not step.when.holds(self.state.results):
                 outcomes.append(StepOutcome(step.id, "skipped", (f"condition not met: {step.when}",)))
-                self._mark_done(step)
+                continue
+            if step.run == "say" and step.args.get("stop") and step.id in self.state.done:
+                outcomes.append(StepOutcome(step.id, "done earlier", ("acknowledged by rerunning the playbook",)))
                 continue
             try:
                 outcome = self._run_step(step)
             except StepFailed as exc:
-                outcomes.append(StepOutcome(step.id, "failed", (str(exc),)))
+                outcome = StepOutcome(step.id, "failed", (str(exc),))
+            except (OperationError, TargetError) as exc:
+                outcome = failed_outcome(step, exc)
+            outcomes.append(outcome)
+            if outcome.status == "failed":
                 self._save()
                 return outcomes
-            outcomes.append(outcome)
             if outcome.status == "stopped":
                 self.state.stopped_at = step.id
                 self._mark_done(step)
                 return outcomes
-            if outcome.status != "planned":
-                self._mark_done(step)
+        if not self.dry_run:
+            self.state.done = []
+            self._save()
         return outcomes
 
     def _mark_done(self, step: Step) -> None:
-        if not self.dry_run:
+        if not self.dry_run and step.id not in self.state.done:
             self.state.done.append(step.id)
             self._save()
 
@@ -408,18 +424,22 @@ class PlayRunner:
         from llmtpu.doctor.report import run_doctor
 
         report = run_doctor(self.target, self.options, step.args["checks"])
-        operations = []
+        self.state.results.update({r.id: r.status for r in report.results})
+        fix_ids: list[str] = []
         for res in report.results:
-            if res.status not in ("warn", "fail") or res.fix is None:
+            if res.status not in ("warn", "fail") or res.fix is None or res.fix.id in fix_ids:
                 continue
-            operation = self.operation_for(res.fix.id, {})
+            fix_ids.append(res.fix.id)
+        operations = []
+        for fix_id in fix_ids:
+            operation = self.operation_for(fix_id, {})
             if operation is None:
-                raise StepFailed(f"{res.id}: no automatic fix for {res.fix.id!r}; by hand: "
-                                 + " && ".join(res.fix.commands))
-            if operation not in operations:
-                operations.append(operation)
+                res = next(r for r in report.results if r.fix is not None and r.fix.id == fix_id)
+                raise StepFailed(f"{res.id}: no automatic fix for {fix_id!r}; by hand: "
+                                 + " && ".join(res.fix.commands if res.fix else ()))
+            operations.append(operation)
         if not operations:
-            return StepOutcome(step.id, "done", ("nothing to fix",))
+            return StepOutcome(step.id, "in place", ("nothing to fix",))
         outcome = self._apply(step, operations)
         if not self.dry_run and outcome.status == "done":
             after = run_doctor(self.target, self.options, step.args["checks"])
@@ -430,23 +450,29 @@ class PlayRunner:
         return outcome
 
     def _apply(self, step: Step, operations: list[Any]) -> StepOutcome:
+        """Plan each operation; apply what differs (not in a dry run). Nothing to change: "in place",
+        or "stopped" when an earlier apply still waits for a reboot."""
         from llmtpu.provision.operation import Journal
 
         lines: list[str] = []
-        reboot = False
+        reboot = pending = changed = False
         for operation in operations:
             plan = operation.plan(self.target)
-            lines.extend(plan.lines())
-            if self.dry_run or plan.nothing_to_do:
+            lines.extend(plan.lines(self.target.root))
+            pending = pending or plan.reboot_pending
+            if plan.nothing_to_do:
+                continue
+            changed = True
+            if self.dry_run:
                 continue
             operation.apply(self.target, plan, Journal(self.target))
             problems = operation.verify(self.target)
             if problems:
                 raise StepFailed(f"{operation.id}: not in the wanted state after apply: {'; '.join(problems)}")
             reboot = reboot or plan.reboot_required
-        if self.dry_run:
+        if self.dry_run and changed:
             return StepOutcome(step.id, "planned", tuple(lines))
-        if reboot:
+        if reboot or pending:
             lines.append("reboot the machine now, then run this playbook again: it continues from here")
             return StepOutcome(step.id, "stopped", tuple(lines))
-        return StepOutcome(step.id, "done", tuple(lines))
+        return StepOutcome(step.id, "done" if changed else "in place", tuple(lines))

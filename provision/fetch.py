@@ -13,6 +13,7 @@ partial or corrupt download is never visible under the final name).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import os
@@ -23,9 +24,9 @@ import sys
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from llmtpu.data import load_toml
 from llmtpu.provision.mirror import MANIFEST_NAME, MirrorError, MirrorFile, parse_manifest
@@ -103,23 +104,49 @@ def _artifact(part: str, dfss_path: str, checks: Mapping[str, Any]) -> Artifact:
                     int(size) if size is not None else None, checks.get("sha256"))
 
 
-def _check_and_place(path: str, artifact: Artifact, dest_dir: str) -> str:
-    """Verify what is known about the file, then rename it into place (same filesystem)."""
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(RECEIVE_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_and_place(path: str, artifact: Artifact, dest_dir: str, sha256: str | None = None) -> str:
+    """Verify what is known about the file, then rename it into place (same filesystem).
+
+    ``sha256`` is the digest already computed while the file was written (a mirror download),
+    so the file is not read a second time; the data is already on disk (fsynced).
+    """
     size = os.path.getsize(path)
     if artifact.size is not None and size != artifact.size:
         raise FetchError(f"{artifact.name}: {size} bytes, expected {artifact.size}; refused, nothing placed")
     if artifact.sha256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != artifact.sha256.lower():
-            raise FetchError(f"{artifact.name}: sha256 {digest.hexdigest()} differs from the expected "
+        actual = sha256 or _sha256_of(path)
+        if actual != artifact.sha256.lower():
+            raise FetchError(f"{artifact.name}: sha256 {actual} differs from the expected "
                              f"{artifact.sha256}; refused, nothing placed")
     final = os.path.join(dest_dir, artifact.name)
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+    if sha256 is None:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
     os.replace(path, final)
+    return final
+
+
+def already_placed(artifact: Artifact, dest_dir: str) -> str | None:
+    """The path of ``artifact`` in ``dest_dir`` when it is there and matches what is known of it.
+
+    A file under its final name was placed by a verified fetch (or by the user); it is checked
+    again against the size and sha256 known now, and a mismatch means it is fetched again.
+    """
+    final = os.path.join(dest_dir, os.path.basename(artifact.name))
+    if os.path.islink(final) or not os.path.isfile(final):
+        return None
+    if artifact.size is not None and os.path.getsize(final) != artifact.size:
+        return None
+    if artifact.sha256 and _sha256_of(final) != artifact.sha256.lower():
+        return None
     return final
 
 
@@ -140,6 +167,9 @@ class DfssSource:
         return f"dfss ({self.interpreter} -m dfss)"
 
     def fetch(self, artifact: Artifact, dest_dir: str, reporter: Reporter) -> str:
+        placed = already_placed(artifact, dest_dir)
+        if placed is not None:
+            return placed
         os.makedirs(dest_dir, exist_ok=True)
         workdir = tempfile.mkdtemp(prefix=".llmtpu-dfss-", dir=dest_dir)  # mode 0700
         url = f"{self.prefix}{artifact.dfss_path}"
@@ -394,14 +424,17 @@ class MirrorSource:
         if artifact.sha256 and artifact.sha256.lower() != entry.sha256:
             raise FetchError(f"{self.url}: the manifest's sha256 for {artifact.name} differs from sources.toml; "
                              "refusing the mirror's copy")
+        known = Artifact(artifact.part, os.path.basename(artifact.name), artifact.dfss_path, entry.size, entry.sha256)
+        placed = already_placed(known, dest_dir)
+        if placed is not None:
+            return placed
         os.makedirs(dest_dir, exist_ok=True)
         part = os.path.join(dest_dir, f".{os.path.basename(artifact.name)}.part")
         try:
-            download(self.transport, entry, part, reporter)
+            sha256 = download(self.transport, entry, part, reporter)
         finally:
             self.transport.close()
-        return _check_and_place(part, Artifact(artifact.part, os.path.basename(artifact.name), artifact.dfss_path,
-                                               entry.size, entry.sha256), dest_dir)
+        return _check_and_place(part, known, dest_dir, sha256)
 
 
 def _hash_prefix(path: str, size: int) -> hashlib._Hash:
@@ -420,7 +453,7 @@ class _HashWriter:
 
     BUFFERS = 4
     #: Every this many bytes, start writing the last window to disk without waiting for it
-    #: (Linux starts writeback on POSIX_FADV_DONTNEED), so the fsync before placing is short.
+    #: (start_disk_write), so the fsync before placing is short.
     WRITEBACK_WINDOW = 64 << 20
 
     def __init__(self, out: BinaryIO, digest: Any) -> None:
@@ -471,18 +504,73 @@ class _HashWriter:
 
     def _start_writeback(self) -> None:
         self.out.flush()
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self.out.fileno(), self.window_start, self.written - self.window_start,
-                             os.POSIX_FADV_DONTNEED)
+        start_disk_write(self.out.fileno(), self.window_start, self.written - self.window_start)
         self.window_start = self.written
 
 
-def download(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter) -> None:
-    """Fill ``part`` with ``entry``, resuming from what it holds; refuse and delete it on a bad hash."""
+#: sync_file_range(2)'s "start writing these pages, do not wait" flag.
+SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range (Linux), which Python's os module lacks; None elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+def start_disk_write(fd: int, offset: int, length: int) -> None:
+    """Start writing a written range to disk without waiting, so the fsync before placing is short.
+
+    sync_file_range(SYNC_FILE_RANGE_WRITE) measured ~2x faster here than POSIX_FADV_DONTNEED,
+    which also drops the pages; the fsync before placing is what makes the file durable.
+    """
+    function = _sync_file_range()
+    if function is not None and function(fd, offset, length, SYNC_FILE_RANGE_WRITE) == 0:
+        return
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def download(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter) -> str:
+    """Fill ``part`` with ``entry``, resuming from what it holds; its sha256, hashed once while writing.
+
+    A bad hash after resuming blames the partial file of the earlier run first: it is deleted
+    and the file downloaded whole once more; only a whole download with a bad hash blames the
+    mirror. A bad hash deletes ``part`` and nothing is placed.
+    """
+    if os.path.islink(part):
+        os.unlink(part)  # never write through a link planted under our partial file's name
+    elif os.path.lexists(part) and not os.path.isfile(part):
+        raise FetchError(f"{part}: not a regular file; remove it and rerun")
+    sha256, resumed_from = _fill(transport, entry, part, reporter)
+    if sha256 != entry.sha256 and resumed_from:
+        os.unlink(part)
+        sha256, _ = _fill(transport, entry, part, reporter)
+        if sha256 == entry.sha256:
+            return sha256
+    if sha256 != entry.sha256:
+        os.unlink(part)
+        raise FetchError(f"{entry.name}: sha256 {sha256} differs from the manifest's {entry.sha256}; "
+                         "the mirror's copy is corrupt; refused, nothing placed")
+    return sha256
+
+
+def _fill(transport: Transport, entry: MirrorFile, part: str, reporter: Reporter) -> tuple[str, int]:
+    """Download into ``part`` from what it holds: (sha256 of the whole file, bytes kept from before)."""
     have = os.path.getsize(part) if os.path.exists(part) else 0
     if have > entry.size:
         os.unlink(part)
         have = 0
+    resumed_from = have
     digest = _hash_prefix(part, have) if have else hashlib.sha256()
     reporter.begin(entry.name, entry.size, have)
     attempts = 0
@@ -494,7 +582,7 @@ def download(transport: Transport, entry: MirrorFile, part: str, reporter: Repor
                     out.seek(0)
                     out.truncate()
                     digest = hashlib.sha256()
-                    have = 0
+                    have = resumed_from = 0
                 writer = _HashWriter(out, digest)
                 try:
                     while have < entry.size:
@@ -529,14 +617,23 @@ def download(transport: Transport, entry: MirrorFile, part: str, reporter: Repor
             os.fsync(out.fileno())
     finally:
         reporter.end()
-    if digest.hexdigest() != entry.sha256:
-        os.unlink(part)
-        raise FetchError(f"{entry.name}: sha256 {digest.hexdigest()} differs from the manifest's {entry.sha256}; "
-                         "the mirror's copy is corrupt; refused, nothing placed")
+    return digest.hexdigest(), resumed_from
 
 
 def fetch(artifacts_wanted: list[Artifact], source: DfssSource | MirrorSource, dest_dir: str,
           reporter: Reporter | None = None) -> list[str]:
-    """Fetch each artifact into ``dest_dir``; returns the placed paths, in order."""
+    """Fetch each artifact into ``dest_dir``; returns the placed paths, in order.
+
+    The folder itself is locked (flock) meanwhile, so two fetches into it (two hosts of one
+    playbook, two shells) never write the same partial file; the second finds the files placed.
+    """
+    import fcntl
+
     reporter = reporter or SilentReporter()
-    return [source.fetch(a, dest_dir, reporter) for a in artifacts_wanted]
+    os.makedirs(dest_dir, exist_ok=True)
+    lock = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return [source.fetch(a, dest_dir, reporter) for a in artifacts_wanted]
+    finally:
+        os.close(lock)

@@ -48,7 +48,8 @@ class ResizeHeaps(Operation):
                 return path
         raise OperationError(
             f"memory_edit.sh not found on {target.name} (looked in {', '.join(candidates)}); unpack Sophgo's "
-            "DeviceMemoryModificationKit there or give its path with --script")
+            "DeviceMemoryModificationKit into one of those folders, or name its path as `script` in the args "
+            "of a playbook step `operation = \"heaps.resize\"`")
 
     def _pending(self, target: Target) -> JournalRecord | None:
         """An apply whose image is installed but not booted yet (the heaps still show old sizes)."""
@@ -73,6 +74,7 @@ class ResizeHeaps(Operation):
         pending = self._pending(target)
         if pending is not None:
             plan.notes.append(f"new boot image installed on {pending.started}; reboot the board to apply it")
+            plan.reboot_pending = True
             return plan
         script = self.find_script(target)
         wanted = " ".join(f"-{k} {v}" for k, v in self.sizes_mib.items())

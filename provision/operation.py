@@ -47,16 +47,19 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     needs_root: bool = True
     reboot_required: bool = False  # the change takes effect only after the machine reboots
+    #: nothing left to change, but an earlier apply waits for a reboot to take effect
+    reboot_pending: bool = False
 
     @property
     def nothing_to_do(self) -> bool:
         return not self.changes
 
-    def lines(self) -> list[str]:
-        """The plan as text, diff style: what is, what will be."""
+    def lines(self, root: str = "/") -> list[str]:
+        """The plan as text, diff style: what is, what will be. ``root`` names a sysroot in the header."""
+        where = self.host if root.rstrip("/") == "" else f"{self.host} (--root {root})"
         if self.nothing_to_do:
-            return [f"{self.operation} on {self.host}: nothing to do"] + [f"  note: {n}" for n in self.notes]
-        out = [f"{self.operation} on {self.host}: {len(self.changes)} change(s)"]
+            return [f"{self.operation} on {where}: nothing to do"] + [f"  note: {n}" for n in self.notes]
+        out = [f"{self.operation} on {where}: {len(self.changes)} change(s)"]
         for change in self.changes:
             out.append(f"  * {change.what}")
             if change.before is not None:

@@ -49,10 +49,15 @@ def test_yes_applies_and_a_rerun_continues(sysroot, tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr  # stopped: reboot needed
     assert "reboot the machine now" in result.stdout
     assert (root / "boot/emmcboot.itb").read_text().startswith("itb -c -npu 7615")
+    image = (root / "boot/emmcboot.itb").read_bytes()
+    not_rebooted = play("fresh-soc-board", "--root", str(root), "--state-dir", state_dir, "--yes")
+    assert not_rebooted.returncode == 1, not_rebooted.stdout + not_rebooted.stderr  # still waits for the reboot
+    assert "reboot the machine now" in not_rebooted.stdout and "reboot the board" in not_rebooted.stdout
+    assert (root / "boot/emmcboot.itb").read_bytes() == image  # memory_edit.sh was not run again
     (root / HEAP).write_text(f"{7615 << 20}\n")  # the board rebooted with the new layout
     again = play("fresh-soc-board", "--root", str(root), "--state-dir", state_dir, "--yes")
     assert again.returncode == 0, again.stdout
-    assert "done earlier" in again.stdout
+    assert "condition not met: memory.heaps is fail" in again.stdout
 
 
 def test_a_users_broken_copy_is_refused_with_its_line(tmp_path: Path) -> None:

@@ -217,3 +217,103 @@ def test_cli_mirror_create_then_fetch_from_it(tmp_path: Path, capsys) -> None:
     assert cli(["fetch", "driver", "--mirror", folder.as_uri(), "--dest", str(tmp_path / "d")]) == 1
     assert "lists no sophon-driver" in capsys.readouterr().err
     assert cli(["mirror", "create", str(tmp_path / "absent")]) == 1
+
+
+def test_files_present_and_verified_in_dest_are_not_downloaded_again(mirror_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "d"
+    server = FileServer(mirror_dir).start()
+    try:
+        fetch.fetch(fetch.artifacts("driver"), MirrorSource(server.url), str(dest))
+        served = len(server.requests)
+        placed = fetch.fetch(fetch.artifacts("driver"), MirrorSource(server.url), str(dest))
+        assert len(server.requests) == served + 1  # the manifest only
+        assert Path(placed[0]).read_bytes() == (mirror_dir / "sophon-driver_0.5.1_amd64.deb").read_bytes()
+        (dest / "sophon-driver_0.5.1_amd64.deb").write_bytes(b"changed since")  # no longer verifies: fetched again
+        fetch.fetch(fetch.artifacts("driver"), MirrorSource(server.url), str(dest))
+        assert server.requests[-1].startswith("/sophon-driver_0.5.1_amd64.deb")
+    finally:
+        server.stop()
+    assert Path(placed[0]).read_bytes() == (mirror_dir / "sophon-driver_0.5.1_amd64.deb").read_bytes()
+
+
+def test_dfss_file_already_in_dest_is_kept(dfss, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    fetch.fetch(fetch.artifacts("debs", "0.5.1"), dfss("ok"), str(dest))
+    calls = len(dfss.record.read_text().splitlines())
+    fetch.fetch(fetch.artifacts("debs", "0.5.1"), dfss("ok"), str(dest))
+    assert len(dfss.record.read_text().splitlines()) == calls
+
+
+def test_a_corrupt_partial_file_is_blamed_on_itself_and_replaced(mirror_dir: Path, tmp_path: Path) -> None:
+    data = (mirror_dir / "sophon-driver_0.5.1_amd64.deb").read_bytes()
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / ".sophon-driver_0.5.1_amd64.deb.part").write_bytes(b"\0" * 5000)  # not the file's first bytes
+    server = FileServer(mirror_dir).start()
+    try:
+        placed = fetch.fetch(fetch.artifacts("driver"), MirrorSource(server.url), str(dest))
+    finally:
+        server.stop()
+    assert Path(placed[0]).read_bytes() == data
+    assert sorted(os.listdir(dest)) == ["sophon-driver_0.5.1_amd64.deb"]
+
+
+def test_corrupt_mirror_with_a_partial_file_still_blames_the_mirror(mirror_dir: Path, tmp_path: Path) -> None:
+    data = (mirror_dir / "sophon-driver_0.5.1_amd64.deb").read_bytes()
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / ".sophon-driver_0.5.1_amd64.deb.part").write_bytes(data[:5000])
+    server = FileServer(mirror_dir, corrupt=True).start()
+    try:
+        with pytest.raises(FetchError, match="mirror's copy is corrupt"):
+            fetch.fetch(fetch.artifacts("driver"), MirrorSource(server.url), str(dest))
+    finally:
+        server.stop()
+    assert os.listdir(dest) == []
+
+
+def test_a_link_planted_as_the_partial_file_is_not_written_through(mirror_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / ".sophon-driver_0.5.1_amd64.deb.part").symlink_to(victim)
+    fetch.fetch(fetch.artifacts("driver"), MirrorSource(mirror_dir.as_uri()), str(dest))
+    assert victim.read_bytes() == b"keep me"
+    name = "sophon-driver_0.5.1_amd64.deb"
+    assert (dest / name).read_bytes() == (mirror_dir / name).read_bytes()
+
+
+def test_a_mirror_download_reads_the_file_once(mirror_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """17.5: hashed while downloading; the placed file is never read back to hash it again."""
+    monkeypatch.setattr(fetch, "_sha256_of", lambda path: pytest.fail(f"{path} hashed a second time"))
+    placed = fetch.fetch(fetch.artifacts("driver"), MirrorSource(mirror_dir.as_uri()), str(tmp_path / "d"))
+    assert Path(placed[0]).read_bytes() == (mirror_dir / "sophon-driver_0.5.1_amd64.deb").read_bytes()
+
+
+def test_two_fetches_into_one_folder_at_once_do_not_share_a_partial_file(mirror_dir: Path, tmp_path: Path) -> None:
+    """Two hosts of one playbook fetch into the same cache: one downloads, the other finds it placed."""
+    import threading
+
+    dest = tmp_path / "d"
+    server = FileServer(mirror_dir).start()
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            fetch.fetch(fetch.artifacts("driver"), MirrorSource(server.url), str(dest))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        server.stop()
+    assert errors == []
+    assert sum(r.startswith("/sophon-driver") for r in server.requests) == 1
+    name = "sophon-driver_0.5.1_amd64.deb"
+    assert (dest / name).read_bytes() == (mirror_dir / name).read_bytes()

@@ -89,5 +89,7 @@ def test_script_failure_changes_nothing(sysroot) -> None:
 
 def test_missing_script_is_a_clear_error(sysroot) -> None:
     target = LocalTarget(str(sysroot("soc-board-old-kernel")))
-    with pytest.raises(OperationError, match="memory_edit.sh not found .*DeviceMemoryModificationKit"):
+    with pytest.raises(OperationError, match="memory_edit.sh not found .*DeviceMemoryModificationKit") as caught:
         ResizeHeaps().plan(target)
+    assert "--script" not in str(caught.value)  # no such option exists (issue 14 item 8)
+    assert "`script` in the args" in str(caught.value)
