@@ -39,7 +39,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmtpu import hosts_command, play_command
+    from llmtpu import hosts_command, metrics_command, play_command
     from llmtpu.doctor import command as doctor_command
     from llmtpu.doctor import explain_command, models_command, support_report_command
     from llmtpu.provision import bundle_command, clock_command, push_command, sdcard_command
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_command.add_parser(commands)
     bundle_command.add_parser(commands)
     push_command.add_parser(commands)
+    metrics_command.add_parser(commands)
     return parser
 
 
