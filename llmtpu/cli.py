@@ -12,7 +12,7 @@ from llmtpu.clikit import Exit, Parser, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmtpu import hosts_command, play_command
+    from llmtpu import hosts_command, metrics_command, play_command
     from llmtpu.doctor import command as doctor_command
     from llmtpu.doctor import explain_command, models_command, support_report_command
     from llmtpu.provision import bundle_command, clock_command, push_command, sdcard_command
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_command.add_parser(commands)
     bundle_command.add_parser(commands)
     push_command.add_parser(commands)
+    metrics_command.add_parser(commands)
     return parser
 
 

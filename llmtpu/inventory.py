@@ -1,20 +1,23 @@
-"""Which machines to work on: Ansible-style inventories, `--hosts`, and ~/.ssh/config.
+"""Which machines to work on: Ansible inventories, `--hosts`, and ~/.ssh/config.
 
-Users already describe their boards for Ansible, so llmtpu reads the same files:
+Users already describe their boards for Ansible, so llmtpu reads the same files the way
+ansible-core's own inventory plugins read them (a differential test runs `ansible-inventory`):
 
-* INI: ``[group]`` sections of host lines ``name key=value ...``, ``[group:vars]``,
-  ``[group:children]``, hosts before any section (group ``ungrouped``), ranges such as
-  ``airbox-[01:08]``, ``host:port``.
-* YAML, the subset Ansible inventories use: nested mappings of ``hosts``/``vars``/``children``
-  with scalar values (plain, quoted, or a one-line ``{k: v}``). Lists, anchors, tags and
-  block scalars are refused with the line number (PyYAML is not a dependency).
+* INI: ``[group]`` sections of host lines ``name key=value ...`` (values read as Python literals
+  as Ansible does), ``[group:vars]``, ``[group:children]``, hosts before any section (group
+  ``ungrouped``), ranges such as ``airbox-[01:08]``, ``host:port``, ``#`` comments.
+* YAML through PyYAML's safe loader: groups of ``hosts``/``vars``/``children`` mappings; lists,
+  block scalars and anchors are plain data. ``!vault`` values are refused (no decryption here).
+* JSON as ``ansible-inventory --list`` prints it (``-i inv.json``, or ``-i -`` from a pipe), so
+  dynamic inventories and inventory plugins work through Ansible itself.
 
 Per-host variables: ``ansible_host``, ``ansible_port``, ``ansible_user``,
 ``ansible_ssh_private_key_file``, ``ansible_python_interpreter`` (the remote python that reads
 a machine's files in one command), and llmtpu's own ``root`` (the machine's files live under
 this folder on the remote side, for sysroots and chroots) and ``arch``. Passwords in an
 inventory are never used (``ansible_password`` and friends are reported and ignored):
-llmtpu takes passwords only from a prompt or the environment.
+llmtpu takes passwords only from a prompt or the environment. A value that would reach ssh as
+an option (``ansible_host=-oProxyCommand=...``) is refused, naming the host and variable.
 
 Each host is then looked up in the OpenSSH client config (``~/.ssh/config``): ``HostName``,
 ``User``, ``Port``, ``IdentityFile`` and ``ProxyJump`` fill what the inventory leaves open.
@@ -22,18 +25,23 @@ Each host is then looked up in the OpenSSH client config (``~/.ssh/config``): ``
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import getpass
+import json
 import os
 import re
 import shlex
 import string
+import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import paramiko
+import yaml
 
 #: Inventory variables that would carry a secret; llmtpu never reads them.
 SECRET_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password", "ansible_become_pass",
@@ -77,6 +85,18 @@ class Group:
     hosts: list[str] = field(default_factory=list)
     children: list[str] = field(default_factory=list)
     vars: dict[str, str] = field(default_factory=dict)
+    priority: int = 1  # ansible_group_priority: orders groups of one depth; not a variable
+
+    def set_vars(self, values: Mapping[str, str], where: str) -> None:
+        for key, value in values.items():
+            if key != "ansible_group_priority":
+                self.vars[key] = value
+                continue
+            try:
+                self.priority = int(value)
+            except ValueError:
+                raise InventoryError(f"{where}: group {self.name}: ansible_group_priority={value!r} "
+                                     "is not a whole number") from None
 
 
 @dataclass
@@ -103,15 +123,14 @@ class Inventory:
     # -- membership and variables ---------------------------------------------------------
 
     def _finish(self) -> None:
-        """Make ``all`` and ``ungrouped`` explicit and refuse child-group loops."""
+        """Make ``all`` and ``ungrouped`` explicit and refuse child-group loops. As Ansible does,
+        ``ungrouped`` holds exactly the hosts of no other group."""
         self.group("all")
         self.group("ungrouped")
         for name in self.groups:
             self._depths(name, ())
         grouped = {h for g in self.groups.values() if g.name not in ("all", "ungrouped") for h in g.hosts}
-        for host in self.hosts:
-            if host not in grouped and host not in self.groups["ungrouped"].hosts:
-                self.groups["ungrouped"].hosts.append(host)
+        self.groups["ungrouped"].hosts = [h for h in self.hosts if h not in grouped]
 
     def _depths(self, name: str, path: tuple[str, ...]) -> None:
         if name in path:
@@ -138,7 +157,7 @@ class Inventory:
     def groups_of(self, host: str) -> list[str]:
         """Groups the host belongs to (directly or through a child group), shallowest first."""
         names = [g for g in self.groups if g != "all" and host in self.members(g)]
-        return sorted(names, key=lambda g: (self._depth(g), g))
+        return sorted(names, key=lambda g: (self._depth(g), self.groups[g].priority, g))
 
     def _depth(self, group: str) -> int:
         parents = [g.name for g in self.groups.values() if group in g.children]
@@ -195,27 +214,33 @@ class Inventory:
 # ---------------------------------------------------------------------------------------
 # Host names with ranges: airbox-[01:08], rack[a:c]
 
-_RANGE = re.compile(r"\[([^\[\]:]+):([^\[\]:]+)(?::(\d+))?\]")
+_RANGE = re.compile(r"\[([^\[\]:]*):([^\[\]:]*)(?::(\d+))?\]")
 
 
 def expand_host_pattern(pattern: str, where: str) -> list[str]:
-    """``web[01:03]`` -> web01, web02, web03 (leading zeros kept); ``[a:c]`` for letters."""
+    """``web[01:03]`` -> web01, web02, web03 (leading zeros kept); ``[a:c]`` for letters, as Ansible."""
     match = _RANGE.search(pattern)
     if match is None:
+        if "[" in pattern or "]" in pattern:
+            raise InventoryError(f"{where}: bad host name or range {pattern!r}; a range is [01:08] or [a:f], "
+                                 "a section header [group]")
         return [pattern]
-    start, end, stride = match.group(1), match.group(2), int(match.group(3) or 1)
+    start, end, stride = match.group(1) or "0", match.group(2), int(match.group(3) or 1)
     head, tail = pattern[:match.start()], pattern[match.end():]
+    if not end or stride < 1:
+        raise InventoryError(f"{where}: bad host range {match.group(0)!r}; use [01:08] or [a:f]")
     if start.isdigit() and end.isdigit():
-        width = len(start) if start.startswith("0") else 0
-        if int(start) > int(end) or stride < 1:
-            raise InventoryError(f"{where}: empty host range {match.group(0)!r}")
+        width = len(start) if start.startswith("0") and len(start) > 1 else 0
+        if width and len(end) != width:
+            raise InventoryError(f"{where}: host range {match.group(0)!r} needs begin and end of equal length")
         values = [str(i).zfill(width) for i in range(int(start), int(end) + 1, stride)]
     elif len(start) == len(end) == 1 and start in string.ascii_letters and end in string.ascii_letters:
-        values = [chr(c) for c in range(ord(start), ord(end) + 1, stride)]
-        if not values:
-            raise InventoryError(f"{where}: empty host range {match.group(0)!r}")
+        letters = string.ascii_letters
+        values = list(letters[letters.index(start):letters.index(end) + 1:stride])
     else:
         raise InventoryError(f"{where}: bad host range {match.group(0)!r}; use [01:08] or [a:f]")
+    if not values:  # Ansible silently makes no host of it; a typo is likelier
+        raise InventoryError(f"{where}: empty host range {match.group(0)!r}")
     return [name for value in values for name in expand_host_pattern(head + value + tail, where)]
 
 
@@ -237,69 +262,22 @@ def split_host_port(text: str) -> tuple[str, int | None]:
     return host, port
 
 
-# ---------------------------------------------------------------------------------------
-# INI
-
-def parse_ini(text: str, source: str = "<inventory>") -> Inventory:
-    inv = Inventory(source=source)
-    section, kind = None, "hosts"
-    for number, raw in enumerate(text.splitlines(), 1):
-        where = f"{source}:{number}"
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            match = re.fullmatch(r"\[([^\[\]:\s]+)(?::(vars|children))?\]", line)
-            if not match:
-                raise InventoryError(f"{where}: bad section header {line!r}; use [group], [group:vars] "
-                                     "or [group:children]")
-            section, kind = match.group(1), match.group(2) or "hosts"
-            inv.group(section)
-            continue
-        if kind == "vars":
-            key, eq, value = line.partition("=")
-            if not eq or not key.strip():
-                raise InventoryError(f"{where}: expected key=value in [{section}:vars], got {line!r}")
-            inv.group(section or "all").vars[key.strip()] = _unquote(value.strip(), where)
-            continue
-        if kind == "children":
-            inv.group(section or "all").children.append(line.split()[0])
-            inv.group(line.split()[0])
-            continue
-        try:
-            tokens = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise InventoryError(f"{where}: {exc}: {line!r}") from exc
-        if not tokens:
-            continue
-        host_vars: dict[str, str] = {}
-        for token in tokens[1:]:
-            key, eq, value = token.partition("=")
-            if not eq or not key:
-                raise InventoryError(f"{where}: expected key=value after the host name, got {token!r}")
-            host_vars[key] = value
-        _add_hosts(inv, tokens[0], host_vars, section, where)
-    inv._finish()
-    _note_secrets(inv)
-    return inv
-
-
-def _unquote(value: str, where: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        try:
-            parts = shlex.split(value)
-        except ValueError as exc:
-            raise InventoryError(f"{where}: {exc}: {value!r}") from exc
-        return parts[0] if parts else ""
-    return value
+def _text(value: Any) -> str:
+    """A variable as llmtpu keeps it: text. Containers become JSON so nothing is lost."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
 
 
 def _add_hosts(inv: Inventory, pattern: str, host_vars: Mapping[str, Any], group: str | None, where: str) -> None:
+    """Ansible's order: a port in the pattern counts only where the host first appears; vars win."""
     name_part, port = split_host_port(pattern)
-    values = {k: "" if v is None else str(v) for k, v in host_vars.items()}
-    if port is not None:
-        values.setdefault("ansible_port", str(port))
+    values = {_text(k): _text(v) for k, v in host_vars.items()}
     for name in expand_host_pattern(name_part, where):
+        if name not in inv.hosts and port is not None:
+            inv.add_host(name, {"ansible_port": str(port)}, None)
         inv.add_host(name, values, group)
 
 
@@ -312,201 +290,317 @@ def _note_secrets(inv: Inventory) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# YAML: the subset Ansible inventories use
+# INI, read the way Ansible's ini inventory plugin reads it
 
-@dataclass(frozen=True)
-class _Line:
-    number: int
-    indent: int
-    text: str
+_SECTION = re.compile(r"\[([^:\]\s]+)(?::(\w+))?\]\s*(?:#.*)?")
+_GROUP_NAME = re.compile(r"([^:\]\s]+)\s*(?:#.*)?")
 
 
-def _strip_comment(line: str) -> str:
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i].rstrip()
-    return line.rstrip()
+def _ini_value(text: str) -> Any:
+    """Ansible reads INI values as Python literals when they are one (``22``, ``'a b'``, ``[1]``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
 
 
-def _yaml_lines(text: str, source: str) -> list[_Line]:
-    lines = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        body = _strip_comment(raw)
-        if not body.strip() or body.strip() in ("---", "..."):
-            continue
-        stripped = body.lstrip(" ")
-        if stripped.startswith("\t") or "\t" in body[: len(body) - len(stripped)]:
-            raise InventoryError(f"{source}:{number}: tabs are not allowed for indentation in YAML")
-        lines.append(_Line(number, len(body) - len(stripped), stripped))
-    return lines
-
-
-def _yaml_scalar(text: str, where: str) -> str | None:
-    text = text.strip()
-    if text in ("", "~", "null", "Null", "NULL"):
-        return None
-    if text[0] in "&*!|>%@`":
-        raise InventoryError(f"{where}: {text!r}: anchors, aliases, tags and block scalars are outside "
-                             "the YAML subset llmtpu reads")
-    if text[0] == "'":
-        if len(text) < 2 or text[-1] != "'":
-            raise InventoryError(f"{where}: unterminated quoted string {text!r}")
-        return text[1:-1].replace("''", "'")
-    if text[0] == '"':
-        if len(text) < 2 or text[-1] != '"':
-            raise InventoryError(f"{where}: unterminated quoted string {text!r}")
-        body = text[1:-1]
-        escapes = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "/": "/"}
-        out, i = [], 0
-        while i < len(body):
-            if body[i] == "\\":
-                if i + 1 >= len(body) or body[i + 1] not in escapes:
-                    raise InventoryError(f"{where}: unsupported escape in {text!r}")
-                out.append(escapes[body[i + 1]])
-                i += 2
-            else:
-                out.append(body[i])
-                i += 1
-        return "".join(out)
-    if text[0] in "[-":
-        raise InventoryError(f"{where}: {text!r}: lists are outside the YAML subset llmtpu reads")
-    return text
-
-
-def _split_key(text: str, where: str) -> tuple[str, str]:
-    """``key: rest`` with a plain or quoted key."""
-    if text[0] in "'\"":
-        end = text.find(text[0], 1)
-        if end < 0 or text[end + 1:end + 2] != ":":
-            raise InventoryError(f"{where}: expected 'key: value', got {text!r}")
-        return text[1:end], text[end + 2:]
-    match = re.match(r"(\S.*?)\s*:(?:\s+|$)(.*)$", text)
-    if not match:
-        raise InventoryError(f"{where}: expected 'key: value', got {text!r}")
-    return match.group(1), match.group(2)
-
-
-def _yaml_flow_map(text: str, where: str) -> dict[str, Any]:
-    body = text.strip()[1:-1].strip()
-    result: dict[str, Any] = {}
-    if not body:
-        return result
-    if any(c in body for c in "{}[]"):
-        raise InventoryError(f"{where}: nested flow collections are outside the YAML subset llmtpu reads")
-    parts, quote, current = [], None, ""
-    for ch in body:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == ",":
-            parts.append(current)
-            current = ""
-            continue
-        current += ch
-    parts.append(current)
-    for part in parts:
-        if not part.strip():
-            continue
-        key, value = _split_key(part.strip(), where)
-        result[key] = _yaml_scalar(value, where)
-    return result
-
-
-def _yaml_block(lines: list[_Line], i: int, indent: int, source: str) -> tuple[dict[str, Any], int]:
-    result: dict[str, Any] = {}
-    while i < len(lines):
-        line = lines[i]
-        where = f"{source}:{line.number}"
-        if line.indent < indent:
-            break
-        if line.indent > indent:
-            raise InventoryError(f"{where}: unexpected indentation")
-        if line.text.startswith("- ") or line.text == "-":
-            raise InventoryError(f"{where}: lists are outside the YAML subset llmtpu reads")
-        key, rest = _split_key(line.text, where)
-        if key in result:
-            raise InventoryError(f"{where}: duplicate key {key!r}")
-        rest = rest.strip()
-        value: Any
-        if rest == "" and i + 1 < len(lines) and lines[i + 1].indent > indent:
-            value, i = _yaml_block(lines, i + 1, lines[i + 1].indent, source)
-        elif rest.startswith("{"):
-            if not rest.endswith("}"):
-                raise InventoryError(f"{where}: a {{...}} mapping must close on the same line")
-            value, i = _yaml_flow_map(rest, where), i + 1
-        else:
-            value, i = _yaml_scalar(rest, where), i + 1
-        result[key] = value
-    return result, i
-
-
-def parse_yaml_subset(text: str, source: str = "<yaml>") -> dict[str, Any]:
-    """Nested mappings of scalars; anything else is refused with its line number."""
-    lines = _yaml_lines(text, source)
-    if not lines:
-        return {}
-    if lines[0].indent != 0:
-        raise InventoryError(f"{source}:{lines[0].number}: the document must start at column 0")
-    data, end = _yaml_block(lines, 0, 0, source)
-    if end != len(lines):
-        raise InventoryError(f"{source}:{lines[end].number}: unexpected indentation")
-    return data
-
-
-def parse_yaml(text: str, source: str = "<inventory>") -> Inventory:
+def parse_ini(text: str, source: str = "<inventory>") -> Inventory:
+    """Sections ``[g]``, ``[g:vars]``, ``[g:children]``; a group must be declared by ``[g]`` or
+    ``[g:children]`` somewhere (Ansible refuses a ``:vars`` or child of an undeclared group)."""
     inv = Inventory(source=source)
-    data = parse_yaml_subset(text, source)
-    for name, body in data.items():
-        _yaml_group(inv, name, body, None)
+    inv.group("all")
+    inv.group("ungrouped")
+    group, kind = "ungrouped", "hosts"
+    pending: dict[str, tuple[str, int, list[str]]] = {}  # group -> (why, line, parents waiting for it)
+    for number, raw in enumerate(text.splitlines(), 1):
+        where = f"{source}:{number}"
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        header = _SECTION.fullmatch(line)
+        if header:
+            group, kind = header.group(1), header.group(2) or "hosts"
+            if kind not in ("hosts", "vars", "children"):
+                raise InventoryError(f"{where}: section [{group}:{kind}] has unknown type {kind!r}; use "
+                                     "[group], [group:vars] or [group:children]")
+            if group not in inv.groups and kind == "vars" and group not in pending:
+                pending[group] = ("vars", number, [])
+            inv.group(group)
+            if group in pending and kind != "vars":
+                why, _, parents = pending.pop(group)
+                for parent in parents:
+                    inv.group(parent).children.append(group)
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            raise InventoryError(f"{where}: bad section header {line!r}; use [group], [group:vars] "
+                                 "or [group:children] without spaces")
+        if kind == "vars":
+            key, eq, value = line.partition("=")
+            if not eq:
+                raise InventoryError(f"{where}: expected key=value in [{group}:vars], got {line!r}")
+            inv.group(group).set_vars({key.strip(): _text(_ini_value(value.strip()))}, where)
+        elif kind == "children":
+            match = _GROUP_NAME.fullmatch(line)
+            if not match:
+                raise InventoryError(f"{where}: {line!r} is not a group name")
+            child = match.group(1)
+            if child in inv.groups:
+                if child not in inv.group(group).children:
+                    inv.group(group).children.append(child)
+            elif child in pending:
+                pending[child][2].append(group)
+            else:
+                pending[child] = ("children", number, [group])
+        else:
+            _ini_host_line(inv, line, group, where)
+    for name, (why, number, parents) in pending.items():
+        if why == "vars":
+            raise InventoryError(f"{source}:{number}: [{name}:vars] is for a group declared nowhere; "
+                                 f"add a [{name}] or [{name}:children] section")
+        raise InventoryError(f"{source}:{number}: [{parents[-1]}:children] names group {name!r}, declared "
+                             f"nowhere; add a [{name}] section")
     inv._finish()
     _note_secrets(inv)
     return inv
 
 
-def _yaml_group(inv: Inventory, name: str, body: Any, parent: str | None) -> None:
-    group = inv.group(name)
+def _ini_host_line(inv: Inventory, line: str, group: str, where: str) -> None:
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise InventoryError(f"{where}: {exc}: {line!r}") from exc
+    if not tokens:
+        return
+    if tokens[0].endswith(":"):
+        raise InventoryError(f"{where}: host {tokens[0]!r} ends in ':'; give the port after it or drop it")
+    host_vars: dict[str, Any] = {}
+    for token in tokens[1:]:
+        key, eq, value = token.partition("=")
+        if not eq:
+            raise InventoryError(f"{where}: expected key=value after the host name, got {token!r}")
+        host_vars[key] = _ini_value(value)
+    _add_hosts(inv, tokens[0], host_vars, group, where)
+
+
+# ---------------------------------------------------------------------------------------
+# YAML, read with PyYAML's safe loader the way Ansible's yaml inventory plugin reads it
+
+class _InventoryLoader(yaml.SafeLoader):
+    """The safe loader plus Ansible's ``!unsafe`` (a plain string here); ``!vault`` is refused."""
+
+
+def _unsafe(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    raise yaml.constructor.ConstructorError(None, None, "!unsafe on a non-scalar", node.start_mark)
+
+
+def _vault(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None, None, "a !vault value: llmtpu does not decrypt vaults; give it `ansible-inventory --list "
+        "--vault-password-file F | llmtpu ... -i -` or keep secrets out of the inventory", node.start_mark)
+
+
+_InventoryLoader.add_constructor("!unsafe", _unsafe)
+_InventoryLoader.add_constructor("!vault", _vault)
+
+#: Group and host visits a YAML inventory may cost (aliases can make a small file huge).
+MAX_YAML_WORK = 1_000_000
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_InventoryLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InventoryError(f"{source}{line}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise InventoryError(f"{source}: YAML nested too deeply") from None
+
+
+def parse_yaml(text: str, source: str = "<inventory>") -> Inventory:
+    data = _load_yaml(text, source)
+    if not data:
+        raise InventoryError(f"{source}: empty YAML inventory")
+    return yaml_inventory(data, source)
+
+
+def yaml_inventory(data: Any, source: str) -> Inventory:
+    """Top-level keys are groups; each holds ``hosts``, ``vars``, ``children`` mappings."""
+    if not isinstance(data, dict):
+        raise InventoryError(f"{source}: a YAML inventory is a mapping of groups, not a {type(data).__name__}")
+    if "plugin" in data:
+        raise InventoryError(f"{source}: an inventory plugin's config, not an inventory; give llmtpu "
+                             f"`ansible-inventory -i {source} --list | llmtpu ... -i -`")
+    inv = Inventory(source=source)
+    inv.group("all")
+    inv.group("ungrouped")
+    budget = [MAX_YAML_WORK]
+    for name, body in data.items():
+        _yaml_group(inv, _text(name), body, None, budget)
+    inv._finish()
+    _note_secrets(inv)
+    return inv
+
+
+def _yaml_group(inv: Inventory, name: str, body: Any, parent: str | None, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise InventoryError(f"{inv.source}: more than {MAX_YAML_WORK} group and host entries "
+                             "(aliases repeating groups?)")
+    if body is not None and not isinstance(body, dict):
+        inv.warnings.append(f"{inv.source}: {name!r} skipped: a group is a mapping of hosts/vars/children")
+        return
+    inv.group(name)
     if parent is not None and name not in inv.group(parent).children:
         inv.group(parent).children.append(name)
     if body is None:
         return
-    if not isinstance(body, dict):
-        raise InventoryError(f"{inv.source}: group {name!r} must be a mapping of hosts/vars/children")
-    unknown = set(body) - {"hosts", "vars", "children"}
-    if unknown:
-        raise InventoryError(f"{inv.source}: group {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
-                             "a group holds hosts, vars and children")
-    for host, host_vars in (body.get("hosts") or {}).items():
-        if host_vars is not None and not isinstance(host_vars, dict):
-            raise InventoryError(f"{inv.source}: host {host!r} must map to its vars (or nothing)")
-        _add_hosts(inv, host, host_vars or {}, name, inv.source)
-    group_vars = body.get("vars") or {}
-    if not isinstance(group_vars, dict):
-        raise InventoryError(f"{inv.source}: vars of group {name!r} must be a mapping")
-    group.vars.update({k: "" if v is None else str(v) for k, v in group_vars.items()})
-    children = body.get("children") or {}
-    if not isinstance(children, dict):
-        raise InventoryError(f"{inv.source}: children of group {name!r} must be a mapping")
-    for child, child_body in children.items():
-        _yaml_group(inv, child, child_body, name)
+    for section in ("hosts", "vars", "children"):
+        if isinstance(body.get(section), str):
+            body = {**body, section: {body[section]: None}}
+        if not isinstance(body.get(section), (dict, type(None))):
+            raise InventoryError(f"{inv.source}: group {name!r}: {section} must be a mapping, "
+                                 f"not a {type(body[section]).__name__}")
+    for key, value in body.items():
+        if key not in ("hosts", "vars", "children"):
+            inv.warnings.append(f"{inv.source}: group {name!r}: key {key!r} skipped; a group holds "
+                                "hosts, vars and children")
+        elif value is None:
+            continue
+        elif key == "vars":
+            inv.group(name).set_vars({_text(k): _text(v) for k, v in value.items()}, inv.source)
+        elif key == "children":
+            for child, child_body in value.items():
+                _yaml_group(inv, _text(child), child_body, name, budget)
+        else:
+            for pattern, host_vars in value.items():
+                budget[0] -= 1
+                if not isinstance(pattern, str):
+                    raise InventoryError(f"{inv.source}: group {name!r}: host {pattern!r} must be a string; "
+                                         "quote numbers as Ansible asks")
+                if host_vars is not None and not isinstance(host_vars, dict):
+                    raise InventoryError(f"{inv.source}: host {pattern!r} must map to its vars (or nothing)")
+                _add_hosts(inv, _text(pattern), host_vars or {}, name, inv.source)
 
 
-def load_inventory(path: str | Path) -> Inventory:
-    """Read an inventory file: YAML when it ends in .yml/.yaml or starts like YAML, else INI."""
+# ---------------------------------------------------------------------------------------
+# JSON as `ansible-inventory --list` (or a dynamic inventory script) prints it
+
+def list_inventory(data: Mapping[str, Any], source: str) -> Inventory:
+    """``{"_meta": {"hostvars": {...}}, "group": {"hosts": [...], "children": [...], "vars": {...}}}``;
+    a group may also be a bare list of hosts. Host vars in ``_meta`` are already merged by Ansible."""
+    inv = Inventory(source=source)
+    inv.group("all")
+    inv.group("ungrouped")
+    meta = data.get("_meta") or {}
+    hostvars = meta.get("hostvars") or {} if isinstance(meta, dict) else None
+    if not isinstance(hostvars, dict):
+        raise InventoryError(f"{source}: _meta.hostvars must map host names to their vars")
+    for name, body in data.items():
+        if name == "_meta":
+            continue
+        if isinstance(body, list):
+            body = {"hosts": body}
+        if not isinstance(body, dict):
+            raise InventoryError(f"{source}: group {name!r} must be an object or a list of hosts")
+        group = inv.group(_text(name))
+        hosts, children, group_vars = body.get("hosts") or [], body.get("children") or [], body.get("vars") or {}
+        if not (isinstance(hosts, list) and isinstance(children, list) and isinstance(group_vars, dict)):
+            raise InventoryError(f"{source}: group {name!r}: hosts and children are lists, vars an object")
+        for host in hosts:
+            inv.add_host(_text(host), {}, group.name)
+        for child in children:
+            inv.group(_text(child))
+            if _text(child) not in group.children:
+                group.children.append(_text(child))
+        group.set_vars({_text(k): _text(_plain(v)) for k, v in group_vars.items()}, source)
+    for name, host_vars in hostvars.items():
+        if not isinstance(host_vars, dict):
+            raise InventoryError(f"{source}: _meta.hostvars[{name!r}] must be an object")
+        inv.add_host(_text(name), {_text(k): _text(_plain(v)) for k, v in host_vars.items()}, None)
+    inv._finish()
+    _note_secrets(inv)
+    return inv
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's JSON wraps ``!unsafe`` strings as ``{"__ansible_unsafe": text}``."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_list_output(data: Any) -> bool:
+    """Ansible's --list JSON (``_meta``, list-valued hosts/children) rather than a YAML-shaped one."""
+    if not isinstance(data, dict):
+        return False
+    if "_meta" in data:
+        return True
+    return any(isinstance(b, list) or (isinstance(b, dict) and (isinstance(b.get("hosts"), list)
+               or isinstance(b.get("children"), list))) for b in data.values())
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a file or standard input
+
+#: The largest inventory read (a bound for `-i -` from a pipe too).
+MAX_INVENTORY_BYTES = 64 << 20
+
+
+def parse_inventory(text: str, source: str, suffix: str = "") -> Inventory:
+    """Choose the format as Ansible does: ``.ini`` and other suffixes are INI; ``.yml``, ``.yaml``,
+    ``.json`` and none are YAML (JSON is YAML) when they read as a mapping, else INI. A JSON
+    object shaped like `ansible-inventory --list` (``_meta``, lists of hosts) is read as that."""
+    if suffix not in ("", ".yml", ".yaml", ".json"):
+        return parse_ini(text, source)
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise InventoryError(f"{source}: not valid JSON: {exc}") from None
+        return list_inventory(data, source) if _is_list_output(data) else yaml_inventory(data, source)
+    try:
+        data = _load_yaml(text, source)
+    except InventoryError:
+        if suffix:
+            raise
+        return parse_ini(text, source)
+    if isinstance(data, dict) and data:
+        return yaml_inventory(data, source)
+    if suffix:
+        raise InventoryError(f"{source}: a YAML inventory is a mapping of groups")
+    return parse_ini(text, source)
+
+
+def load_inventory(path: str | Path, stdin: IO[str] | None = None) -> Inventory:
+    """Read an inventory file, or standard input for ``-``."""
+    if str(path) == "-":
+        text = (stdin or sys.stdin).read(MAX_INVENTORY_BYTES + 1)
+        if len(text) > MAX_INVENTORY_BYTES:
+            raise InventoryError(f"--inventory -: more than {MAX_INVENTORY_BYTES >> 20} MiB on standard input")
+        if not text.strip():
+            raise InventoryError("--inventory -: nothing on standard input; pipe `ansible-inventory --list` in")
+        return parse_inventory(text, "<stdin>")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InventoryError(f"--inventory: cannot read {path}: {exc.strerror or exc}") from exc
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
-    is_yaml = path.suffix in (".yml", ".yaml") or first == "---" or bool(re.fullmatch(r"[\w.-]+:", first))
-    return parse_yaml(text, str(path)) if is_yaml else parse_ini(text, str(path))
+        with path.open(encoding="utf-8") as handle:
+            text = handle.read(MAX_INVENTORY_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise InventoryError(f"--inventory: cannot read {path}: {reason}") from exc
+    if len(text) > MAX_INVENTORY_BYTES:
+        raise InventoryError(f"--inventory: {path} is larger than {MAX_INVENTORY_BYTES >> 20} MiB")
+    return parse_inventory(text, str(path), path.suffix.lower())
 
 
 def adhoc_inventory(hosts: str) -> Inventory:
@@ -558,9 +652,26 @@ def _int(value: Any, what: str) -> int:
     return port
 
 
+#: Where each connection value came from, for the refusal message.
+_CONNECTION_VARS = ("ansible_host", "ansible_user", "ansible_ssh_user", "ansible_ssh_private_key_file",
+                    "llmtpu_proxy_jump")
+
+
+def refuse_option_like(name: str, what: str, value: str) -> None:
+    """A host, user or key file that starts with '-' would be read by ssh as an option
+    (``-oProxyCommand=...`` runs a command on this machine); control characters split argv."""
+    if value.startswith("-") or any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise InventoryError(f"host {name}: {what}={value!r} would reach ssh as an option or split its "
+                             f"command line; fix {what} in the inventory (a host or user never starts with '-')")
+
+
 def host_spec(name: str, host_vars: Mapping[str, str], ssh_config: paramiko.SSHConfig,
               groups: Sequence[str] = (), hops: int = 0) -> HostSpec:
     """Inventory vars win over ~/.ssh/config, which wins over defaults (port 22, local user)."""
+    refuse_option_like(name, "the inventory name", name)
+    for var in _CONNECTION_VARS:
+        if var in host_vars:
+            refuse_option_like(name, var, host_vars[var])
     target = host_vars.get("ansible_host") or name
     config = ssh_config.lookup(target)
     hostname = config.get("hostname", target)
@@ -568,6 +679,11 @@ def host_spec(name: str, host_vars: Mapping[str, str], ssh_config: paramiko.SSHC
     user = host_vars.get("ansible_user") or host_vars.get("ansible_ssh_user") or config.get("user")
     keys = host_vars.get("ansible_ssh_private_key_file")
     identity = (keys,) if keys else tuple(config.get("identityfile", ()))
+    refuse_option_like(name, "HostName (ssh config)", hostname)
+    if user:
+        refuse_option_like(name, "User (ssh config)", user)
+    for key in identity:
+        refuse_option_like(name, "IdentityFile", key)
     jump: tuple[HostSpec, ...] = ()
     jump_text = host_vars.get("llmtpu_proxy_jump") or config.get("proxyjump")
     if jump_text and jump_text.lower() != "none":

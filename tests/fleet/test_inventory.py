@@ -1,8 +1,11 @@
-"""Inventories as users write them for Ansible (INI and the YAML subset), --hosts, --limit,
-and ~/.ssh/config filling in what the inventory leaves open."""
+"""Inventories as users write them for Ansible (INI, YAML, --list JSON), --hosts, --limit,
+and ~/.ssh/config filling in what the inventory leaves open. The differential test against
+real `ansible-inventory` is tests/ansible/test_inventory_differential.py."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import paramiko
@@ -15,7 +18,6 @@ from llmtpu.inventory import (
     load_inventory,
     parse_ini,
     parse_yaml,
-    parse_yaml_subset,
     resolve_hosts,
 )
 
@@ -94,31 +96,79 @@ def test_yaml_subset_gives_the_same_inventory_as_ini() -> None:
         assert yaml.groups_of(host) == ini.groups_of(host), host
 
 
+def test_yaml_the_subset_refused_is_now_read() -> None:
+    """The two inventories the issue quotes: a list var and a block scalar (issue 16, item 1)."""
+    inv = parse_yaml("all:\n  vars:\n    ntp_servers: [a, b]\n    motd: |\n      hi\n      there\n"
+                     "  hosts:\n    b1:\n", "inv.yml")
+    assert inv.host_vars("b1") == {"ntp_servers": '["a", "b"]', "motd": "hi\nthere\n"}
+
+
 @pytest.mark.parametrize("text, message", [
-    ("all:\n  hosts:\n    - a\n", "lists"),
-    ("all:\n  vars: &anchor\n    x: 1\n", "anchors"),
-    ("all:\n\thosts:\n", "tabs"),
-    ("all:\n  hosts:\n    a:\n   b:\n", "indentation"),
-    ("all:\n  hosts:\n  hosts:\n", "duplicate"),
-    ("all:\n  hostz:\n    a:\n", "unknown key"),
-    ("all:\n  vars:\n    motd: |\n      hi\n", "block scalars"),
-    ("all:\n  vars: {a: {b: 1}}\n", "nested"),
-    ("all:\n  vars:\n    a: 'open\n", "unterminated"),
+    ("all:\n\thosts:\n", "not valid YAML"),
+    ("all:\n  hosts:\n    a:\n   b:\n", "not valid YAML"),
+    ("all:\n  hosts: [a, b]\n", "hosts must be a mapping"),
+    ("all:\n  vars:\n    a: 'open\n", "not valid YAML"),
+    ("all:\n  vars:\n    pw: !vault |\n      $ANSIBLE_VAULT;1.1;AES256\n      3136\n", "does not decrypt"),
+    ("plugin: amazon.aws.aws_ec2\n", "ansible-inventory"),
+    ("all:\n  hosts:\n    a: 3\n", "must map to its vars"),
 ])
-def test_yaml_outside_the_subset_is_refused_with_a_line(text: str, message: str) -> None:
+def test_bad_yaml_is_refused_with_the_file(text: str, message: str) -> None:
     with pytest.raises(InventoryError, match=message) as caught:
         parse_yaml(text, "inv.yml")
     assert "inv.yml" in str(caught.value)
 
 
-def test_yaml_scalars() -> None:
-    data = parse_yaml_subset('a: "x \\"y\\" #z"  # c\nb: \'it\'\'s\'\nc:\nd: ~\ne: plain # c\nf: {}\n')
-    assert data == {"a": 'x "y" #z', "b": "it's", "c": None, "d": None, "e": "plain", "f": {}}
+def test_yaml_alias_bombs_are_bounded() -> None:
+    levels = ["a0: &a0 {hosts: {h: }}"] + [
+        f"a{i}: &a{i} {{children: {{{', '.join(f'c{i}_{j}: *a{i - 1}' for j in range(10))}}}}}" for i in range(1, 9)]
+    with pytest.raises(InventoryError, match="more than"):
+        parse_yaml("\n".join(levels) + "\n", "bomb.yml")
+
+
+def test_unknown_group_keys_are_warned_about_like_ansible() -> None:
+    inv = parse_yaml("all:\n  hostz:\n    a:\n  hosts:\n    b:\n", "inv.yml")
+    assert list(inv.hosts) == ["b"] and any("hostz" in w for w in inv.warnings)
+
+
+def test_ini_values_are_python_literals_like_ansible() -> None:
+    inv = parse_ini("[g]\nh port_list=[1,2] n=0x10 s='a b' t=True\n[g:vars]\nmotd = hello world # not a comment\n")
+    assert inv.host_vars("h") == {"port_list": "[1, 2]", "n": "16", "s": "a b", "t": "True",
+                                  "motd": "hello world # not a comment"}
+
+
+def test_list_json_from_a_pipe() -> None:
+    listing = {"_meta": {"hostvars": {"b1": {"ansible_host": "10.0.0.1", "ansible_port": 2222, "root": "/srv/b1"}}},
+               "all": {"children": ["ungrouped", "soc"]}, "soc": {"hosts": ["b1"]}}
+    inv = load_inventory("-", io.StringIO(json.dumps(listing)))
+    assert inv.members("soc") == ["b1"] and inv.groups_of("b1") == ["soc"]
+    spec = resolve_hosts(inv, None, None, paramiko.SSHConfig())[0]
+    assert (spec.hostname, spec.port, spec.root) == ("10.0.0.1", 2222, "/srv/b1")
+    with pytest.raises(InventoryError, match="nothing on standard input"):
+        load_inventory("-", io.StringIO(""))
+
+
+@pytest.mark.parametrize("line, var", [
+    ("b1 ansible_host=-oProxyCommand=touch\\ /tmp/pwned", "ansible_host"),
+    ("b1 ansible_user=-oProxyCommand=x", "ansible_user"),
+    ("b1 ansible_ssh_private_key_file=-oProxyCommand=x", "ansible_ssh_private_key_file"),
+    ("-oProxyCommand=x", "the inventory name"),
+    ("b1 \"ansible_host='10.0.0.1\\nProxyCommand x'\"", "ansible_host"),  # a Python literal: a newline
+])
+def test_option_like_connection_values_are_refused(line: str, var: str) -> None:
+    """Issue 11 item 9: --hosts refuses a leading dash, and so does the inventory path."""
+    inv = parse_ini(f"[g]\n{line}\n", "inv.ini")
+    with pytest.raises(InventoryError, match=f"host .*: {var}=.* would reach ssh as an option"):
+        resolve_hosts(inv, None, None, paramiko.SSHConfig())
 
 
 @pytest.mark.parametrize("text, message", [
     ("[pcie\nhost\n", "section header"),
-    ("[g:vars]\nnovalue\n", "key=value"),
+    ("[pcie] x\nhost\n", "key=value"),  # Ansible reads it as a host line too
+    ("[g:vars]\nx=1\n", "declared nowhere"),
+    ("[g:children]\nmissing\n", "declared nowhere"),
+    ("[g:weird]\n", "unknown type"),
+    ("[g]\nhost:\n", "ends in ':'"),
+    ("[g]\n[g:vars]\nnovalue\n", "key=value"),
     ("[g]\nhost novalue\n", "key=value"),
     ("[a:children]\nb\n[b:children]\na\n", "loop"),
     ("[g]\nweb[05:01]\n", "empty host range"),
