@@ -351,7 +351,14 @@ def run_run(args: argparse.Namespace) -> int:
     from llmtpu.provision.command import RichReporter
     from llmtpu.provision.fetch import Artifact, DfssSource, FetchError, MirrorSource, fetch
     from llmtpu.runtime.build import SOURCE_DIR, EngineBuildError, build_engine
-    from llmtpu.runtime.chat import CONFIG_NAME, ChatSetupError, load_templates, open_model_dir, read_config
+    from llmtpu.runtime.chat import (
+        CONFIG_NAME,
+        ChatSetupError,
+        load_templates,
+        open_model_dir,
+        read_config,
+        remember_tokenizer,
+    )
     from llmtpu.runtime.engine import ENGINE_NAME
     from llmtpu.runtime.tokenizer import find_tokenizer
     from llmtpu.target import LocalTarget
@@ -390,6 +397,11 @@ def run_run(args: argparse.Namespace) -> int:
     if not config.exists():  # so `llmtpu chat --model FOLDER` works from now on
         config.write_text(f"# written by llmtpu run --model {entry.name}\n"
                           f"family = {json.dumps(entry.family)}\nbmodel = {json.dumps(name)}\n", encoding="utf-8")
+    if tokenizer is not None:  # the same: chat finds it in the folder afterwards
+        try:
+            tokenizer = remember_tokenizer(folder, tokenizer)
+        except (OSError, ChatSetupError) as exc:
+            return _fail(f"cannot keep the tokenizer in {folder}: {exc}")
 
     if args.engine is None and not os.environ.get("LLMTPU_ENGINE"):
         args.engine = os.path.join(os.path.abspath(args.build_dir), ENGINE_NAME)

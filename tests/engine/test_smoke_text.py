@@ -73,3 +73,45 @@ def test_progress_names_each_phase(tmp_path: Path) -> None:
     assert result.ok, result.message
     assert heard == ["loading the model", "loaded in 5 ms; prefill of 3 tokens",
                      "decode: token 1 of 3", "decode: token 2 of 3", "decode: token 3 of 3"]
+
+
+def test_cli_smoke_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """Issue 14 item 11: `engine smoke` printed nothing until done; on a terminal it now says what it waits for."""
+    import os
+    import pty
+    import subprocess
+
+    script = tmp_path / "slow_engine.py"
+    lines = [READY, "prefill ms=10.0 tokens=3"] + [f"token {40 + i} ms=5.0 gap=1.0 nonfinite=0" for i in range(3)]
+    script.write_text(f"import sys, time\ntime.sleep(0.6)\nprint({READY!r}, flush=True)\nsys.stdin.readline()\n"
+                      + "".join(f"time.sleep(0.6)\nprint({line!r}, flush=True)\n" for line in lines[1:])
+                      + "print('done tokens=3 reason=length prefill_ms=10.0 decode_ms=20.0', flush=True)\n")
+    engine = tmp_path / "engine"
+    engine.write_text(f"#!/bin/sh\nexec {sys.executable} {script}\n")
+    engine.chmod(0o755)
+    argv = [sys.executable, "-m", "llmtpu", "engine", "smoke", "--engine", str(engine), "--model",
+            str(tmp_path / "m.bmodel"), "--prompt", "1,2,3", "--max-new", "3", "--timeout", "60"]
+    (tmp_path / "m.bmodel").write_bytes(b"stand-in")
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)  # noqa: S603
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=terminal, stdout=subprocess.PIPE, stderr=terminal, env=env)  # noqa: S603
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    assert proc.stdout is not None and proc.stdout.read().startswith(b"ok    engine smoke test: 3 tokens")
+    os.close(controller)
+    text = seen.decode("utf-8", errors="replace")
+    assert "engine smoke test: loading the model" in text
+    assert "prefill of 3 tokens" in text and "decode: token" in text
