@@ -2,8 +2,10 @@
 //
 // One path from bmodel to tokens, read top to bottom:
 //   1. find bmruntime at run time (dlopen libbmlib + libbmrt from --lib-dir)
-//   2. load the bmodel; find the networks embedding, embedding_cache, block_N, block_cache_N,
-//      lm_head; the layer count is how many block_cache_N there are
+//   2. load the bmodel; describe its networks and decide the layout from the description
+//      (embedding, embedding_cache, block_N, block_cache_N, lm_head; the layer count is how many
+//      block_cache_N there are); other layouts are refused by name (ChatGLM, GPT-BigCode,
+//      multi-device, vision)
 //   3. allocate device buffers once: hidden states, masks, positions, and the KV cache
 //   4. answer requests on stdin, one line each (see PROTOCOL below): prefill the prompt through
 //      every block_N (which writes the KV cache), then decode one token at a time through
@@ -11,18 +13,23 @@
 //
 // PROTOCOL (protocol 1). stdout carries only protocol lines; anything the libraries print goes
 // to stderr. On start the engine prints either
-//   ready protocol=1 layers=L seq=S hidden=H vocab=V dtype=f16 load_ms=X     (vocab 0: unknown)
+//   ready protocol=1 layers=L seq=S hidden=H head=logits vocab=V dtype=f16 load_ms=X
+//   (head=token, and no vocab, when lm_head returns a token id: llm_convert's default)
 // or one `error KIND message` line and exits non-zero. Then, per request line on stdin:
 //   generate ids=1,2,3 max_new=8 [temperature=0] [top_p=1] [seed=0] [stop=2,3]
 //     -> prefill ms=X tokens=N
-//        token ID ms=X gap=G nonfinite=K        (one per generated token, flushed at once)
+//        token ID ms=X gap=G nonfinite=K        (one per generated token, flushed at once;
+//                                                 a token head has no gap or nonfinite to tell)
 //        done tokens=N reason=length|stop|seq_full prefill_ms=X decode_ms=X
 //   info  -> net NAME inputs=... outputs=...   (one line per network), then `end`
 //   quit  -> exits 0 (so does end of input)
 // A bad request answers `error bad_request message` and the engine waits for the next line;
 // a device failure answers `error device message` and the engine exits 5.
 // `gap` is the top-1 minus top-2 logit and `nonfinite` the number of NaN/inf logits: the
-// caller's checks for degenerate output need them.
+// caller's checks for degenerate output need them. A token head cannot sample: a request with
+// temperature > 0 gets `error bad_request`.
+// `llmtpu-engine --check-layout FILE` judges a listing of `net ...` lines (what `info` prints)
+// without a device: it prints `layout layers=... head=...` or the `error bad_model` line.
 
 #include <dlfcn.h>
 #include <signal.h>
@@ -297,6 +304,26 @@ static std::vector<float> decode_floats(const std::vector<uint8_t>& bytes, bm::D
 // ---------------------------------------------------------------------------------------------
 // 2 + 3. The model: its networks and the device buffers they share.
 
+// A network as its description: names, stages, dtypes and shapes (see 2a below).
+struct TensorDesc {
+  std::string name;
+  bm::DataType dtype = bm::kFloat32;
+  bm::Shape shape{};
+};
+
+struct NetDesc {
+  std::string name;
+  int stages = 1;
+  std::vector<TensorDesc> inputs, outputs;
+};
+
+struct Layout {
+  int layers = 0, seq = 0, hidden = 0;
+  int vocab = 0;            // 0 when lm_head gives a token id: the vocabulary is not visible
+  bool token_head = false;  // lm_head returns one int32 token id (llm_convert without --do_sample)
+  bm::DataType hidden_dtype = bm::kFloat16;
+};
+
 struct Net {
   std::string name;
   const bm::NetInfo* info = nullptr;
@@ -309,8 +336,8 @@ struct Model {
 
   Net embedding, embedding_cache, lm_head;
   std::vector<Net> blocks, blocks_cache;
-  int layers = 0, seq = 0, hidden = 0, vocab = 0;
-  bm::DataType hidden_dtype = bm::kFloat16;
+  std::vector<NetDesc> descs;  // every network of the bmodel, for `info`
+  Layout layout;
 
   // Device buffers, allocated once. Hidden states ping-pong between two buffers across layers.
   bm::DeviceMem ids, prefill_hidden[2], prefill_positions, prefill_mask;
@@ -320,6 +347,8 @@ struct Model {
   size_t kv_row_bytes = 0;                      // bytes of one position in a cache
   std::vector<bm::DeviceMem> allocated;         // everything to free at exit
 };
+
+static bool parse_int_list(const std::string& text, std::vector<int32_t>* out);
 
 static size_t shape_elements(const bm::Shape& s) {
   size_t n = 1;
@@ -362,88 +391,279 @@ static bm::DeviceMem slice(bm::DeviceMem mem, size_t offset, size_t bytes) {
   return mem;
 }
 
-static bool find_net(Model* m, const std::string& name, Net* net, std::string* error) {
-  net->name = name;
-  net->info = m->rt->rt_get_network_info(m->bmrt, name.c_str());
-  if (!net->info) *error = "network " + name + " is not in the bmodel";
-  return net->info != nullptr;
+// ---------------------------------------------------------------------------------------------
+// 2a. The layout, decided from a plain description of the networks (names, stages, dtypes and
+// shapes of their inputs and outputs). The same rules judge a loaded bmodel and a listing given
+// to --check-layout, so every refusal can be tested without compiling a bmodel per layout.
+
+
+static const NetDesc* find_desc(const std::vector<NetDesc>& nets, const std::string& name) {
+  for (const NetDesc& net : nets)
+    if (net.name == name) return &net;
+  return nullptr;
 }
 
-static bool check_net(const Net& net, int inputs, int outputs, std::string* error) {
-  if (net.info->input_num == inputs && net.info->output_num == outputs &&
-      net.info->stage_num >= 1)
-    return true;
-  *error = "network " + net.name + " has " + std::to_string(net.info->input_num) + " inputs and " +
-           std::to_string(net.info->output_num) + " outputs; an LLM-TPU bmodel's has " +
-           std::to_string(inputs) + " and " + std::to_string(outputs);
+static bool refuse(std::string* error, const std::string& text) {
+  *error = text;
   return false;
 }
 
-// Find the networks, check they have the LLM-TPU shapes, read the sizes off them.
+static std::string tensor_text(const NetDesc& net, bool input, int i) {
+  const TensorDesc& t = input ? net.inputs[i] : net.outputs[i];
+  return net.name + " " + t.name + " " + shape_text(t.shape);
+}
+
+// Layouts LLM-TPU and llm_convert produce that this engine does not run, named so the user
+// knows what they have. Checked before the Llama-style rules, whose errors would mislead.
+static bool refuse_other_layouts(const std::vector<NetDesc>& nets, std::string* error) {
+  for (const NetDesc& net : nets) {
+    if (net.name.rfind("vit", 0) == 0 || net.name.find("vision") != std::string::npos)
+      return refuse(error, "vision model (network " + net.name +
+                               "): not supported by llmtpu's engine; use LLM-TPU's own demo");
+  }
+  const NetDesc* block = find_desc(nets, "block_0");
+  const NetDesc* cache = find_desc(nets, "block_cache_0");
+  if (block && cache) {
+    // llm_convert --num_device N gives every block its inputs once per chip.
+    size_t n = block->inputs.size();
+    if (n > 3 && n % 3 == 0 && cache->inputs.size() == n / 3 * 5)
+      return refuse(error, "multi-device bmodel (compiled for " + std::to_string(n / 3) +
+                               " chips with --num_device " + std::to_string(n / 3) +
+                               "): llmtpu's engine runs one chip; convert it with --num_device 1");
+    if (n >= 2 && block->inputs[1].shape.num_dims == 2 && block->inputs[1].shape.dims[0] == 3)
+      return refuse(error, "vision model (position ids " + shape_text(block->inputs[1].shape) +
+                               ", multimodal RoPE): not supported by llmtpu's engine");
+    bm::Shape states = block->inputs.empty() ? bm::Shape{} : block->inputs[0].shape;
+    if (states.num_dims == 3 && states.dims[0] > 1 && states.dims[1] == 1)
+      return refuse(error, "ChatGLM layout (sequence-first block input " + shape_text(states) +
+                               ", ChatGLM2/3): not supported by llmtpu's engine yet");
+  }
+  const NetDesc* embedding = find_desc(nets, "embedding");
+  if (embedding && !find_desc(nets, "embedding_cache") &&
+      (embedding->stages == 2 || embedding->inputs.size() == 2))
+    return refuse(error, "GPT-BigCode layout (WizardCoder: one embedding network with token and "
+                         "position inputs, no embedding_cache): not supported by llmtpu's engine "
+                         "yet");
+  return true;
+}
+
+// The Llama-style layout (LLM-TPU 2024 demos, llm_convert): what engine.cpp runs.
+static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std::string* error) {
+  if (!refuse_other_layouts(nets, error)) return false;
+  int layers = 0;
+  while (find_desc(nets, "block_cache_" + std::to_string(layers))) layers++;
+  if (layers == 0) return refuse(error, "no block_cache_0 network: not an LLM-TPU bmodel");
+  std::vector<std::pair<std::string, std::pair<size_t, size_t>>> wanted = {
+      {"embedding", {1, 1}}, {"embedding_cache", {1, 1}}, {"lm_head", {1, 1}}};
+  for (int i = 0; i < layers; i++) {
+    wanted.push_back({"block_" + std::to_string(i), {3, 3}});
+    wanted.push_back({"block_cache_" + std::to_string(i), {5, 3}});
+  }
+  for (const auto& [name, counts] : wanted) {
+    const NetDesc* net = find_desc(nets, name);
+    if (!net) return refuse(error, "network " + name + " is not in the bmodel");
+    if (net->inputs.size() != counts.first || net->outputs.size() != counts.second)
+      return refuse(error, "network " + name + " has " + std::to_string(net->inputs.size()) +
+                               " inputs and " + std::to_string(net->outputs.size()) +
+                               " outputs; an LLM-TPU bmodel's has " +
+                               std::to_string(counts.first) + " and " +
+                               std::to_string(counts.second));
+  }
+  const NetDesc& block = *find_desc(nets, "block_0");
+  const NetDesc& cache = *find_desc(nets, "block_cache_0");
+  const NetDesc& embedding = *find_desc(nets, "embedding");
+  const NetDesc& embedding_cache = *find_desc(nets, "embedding_cache");
+  const NetDesc& lm_head = *find_desc(nets, "lm_head");
+  const bm::Shape& states = block.inputs[0].shape;
+  if (states.num_dims != 3 || states.dims[0] != 1)
+    return refuse(error, tensor_text(block, true, 0) + " is not [1,SEQ,H]");
+  const int seq = states.dims[1], hidden = states.dims[2];
+  const size_t n = static_cast<size_t>(seq);
+  // Each input whose size the engine fills, against what SEQ and H make it.
+  struct Expect {
+    const NetDesc* net;
+    int input;
+    size_t elements;
+    const char* form;
+  };
+  const Expect expected[] = {
+      {&embedding, 0, n, "[1,SEQ]"},
+      {&embedding_cache, 0, 1, "[1,1]"},
+      {&block, 1, n, "[1,SEQ]"},
+      {&block, 2, n * n, "[1,1,SEQ,SEQ]"},
+      {&cache, 0, static_cast<size_t>(hidden), "[1,1,H]"},
+      {&cache, 1, 1, "[1,1]"},
+      {&cache, 2, n + 1, "[1,1,1,SEQ+1]"},
+      {&lm_head, 0, static_cast<size_t>(hidden), "[1,H] or [1,1,H]"},
+  };
+  for (const Expect& e : expected) {
+    if (shape_elements(e.net->inputs[e.input].shape) != e.elements)
+      return refuse(error, tensor_text(*e.net, true, e.input) + " does not fit SEQ " +
+                               std::to_string(seq) + ", H " + std::to_string(hidden) +
+                               " (expected " + e.form + ")");
+  }
+  for (const Expect& e : {expected[0], expected[1], expected[2], expected[5]}) {
+    if (e.net->inputs[e.input].dtype != bm::kInt32)
+      return refuse(error, tensor_text(*e.net, true, e.input) + " is " +
+                               dtype_name(e.net->inputs[e.input].dtype) +
+                               "; this engine feeds int32 token ids and positions");
+  }
+  for (int k = 3; k <= 4; k++) {  // history_k/v [1, SEQ, ...]: the cache the engine keeps
+    const bm::Shape& history = cache.inputs[k].shape;
+    if (history.num_dims < 3 || history.dims[0] != 1 || history.dims[1] != seq)
+      return refuse(error, tensor_text(cache, true, k) + " is not [1,SEQ,...] with SEQ " +
+                               std::to_string(seq));
+  }
+  for (int i = 1; i < layers; i++) {  // every layer must fit the buffers of layer 0
+    for (const auto& [first, other] :
+         {std::make_pair(&block, find_desc(nets, "block_" + std::to_string(i))),
+          std::make_pair(&cache, find_desc(nets, "block_cache_" + std::to_string(i)))}) {
+      for (size_t j = 0; j < first->inputs.size(); j++) {
+        if (shape_text(other->inputs[j].shape) != shape_text(first->inputs[j].shape) ||
+            other->inputs[j].dtype != first->inputs[j].dtype)
+          return refuse(error, "layer " + std::to_string(i) + " has other inputs than layer 0 (" +
+                                   tensor_text(*other, true, j) + ")");
+      }
+    }
+  }
+  layout->layers = layers;
+  layout->seq = seq;
+  layout->hidden = hidden;
+  layout->hidden_dtype = block.inputs[0].dtype;
+  layout->token_head = lm_head.outputs[0].dtype == bm::kInt32;
+  layout->vocab = layout->token_head ? 0 : static_cast<int>(shape_elements(lm_head.outputs[0].shape));
+  return true;
+}
+
+// The ready line's description of a layout. A token head reports no vocab: it is not visible.
+static std::string layout_fields(const Layout& layout) {
+  std::string text = "layers=" + std::to_string(layout.layers) + " seq=" +
+                     std::to_string(layout.seq) + " hidden=" + std::to_string(layout.hidden);
+  text += layout.token_head ? " head=token" : " head=logits vocab=" + std::to_string(layout.vocab);
+  return text + " dtype=" + dtype_name(layout.hidden_dtype);
+}
+
+// Text form of a network, one line: `net NAME stages=N inputs=name:dtype[shape],... outputs=...`.
+// `info` prints it and --check-layout reads it back.
+static std::string describe_net(const NetDesc& net) {
+  std::string line = "net " + net.name + " stages=" + std::to_string(net.stages) + " inputs=";
+  for (size_t i = 0; i < net.inputs.size(); i++)
+    line += std::string(i ? "," : "") + net.inputs[i].name + ":" + dtype_name(net.inputs[i].dtype) +
+            shape_text(net.inputs[i].shape);
+  line += " outputs=";
+  for (size_t i = 0; i < net.outputs.size(); i++)
+    line += std::string(i ? "," : "") + net.outputs[i].name + ":" +
+            dtype_name(net.outputs[i].dtype) + shape_text(net.outputs[i].shape);
+  return line;
+}
+
+static bool parse_dtype(const std::string& text, bm::DataType* t) {
+  for (bm::DataType candidate : {bm::kFloat32, bm::kFloat16, bm::kBFloat16, bm::kInt32, bm::kUint32,
+                                 bm::kInt16, bm::kUint16, bm::kInt8, bm::kUint8}) {
+    if (text == dtype_name(candidate)) {
+      *t = candidate;
+      return true;
+    }
+  }
+  return false;
+}
+
+// `name:dtype[d0,d1,...],name:dtype[...]` (an empty list is allowed).
+static bool parse_tensors(const std::string& text, std::vector<TensorDesc>* out) {
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t colon = text.find(':', at), open = text.find('[', at), close = text.find(']', at);
+    if (colon == std::string::npos || open == std::string::npos || close == std::string::npos ||
+        !(at < colon && colon < open && open < close))
+      return false;
+    TensorDesc t;
+    t.name = text.substr(at, colon - at);
+    if (!parse_dtype(text.substr(colon + 1, open - colon - 1), &t.dtype)) return false;
+    std::vector<int32_t> dims;
+    std::string inside = text.substr(open + 1, close - open - 1);
+    if (!inside.empty() && !parse_int_list(inside, &dims)) return false;
+    if (dims.size() > static_cast<size_t>(bm::kMaxDims)) return false;
+    t.shape.num_dims = static_cast<int>(dims.size());
+    for (size_t i = 0; i < dims.size(); i++) {
+      if (dims[i] < 0) return false;
+      t.shape.dims[i] = dims[i];
+    }
+    out->push_back(t);
+    at = close + 1;
+    if (at < text.size() && text[at++] != ',') return false;
+  }
+  return true;
+}
+
+static bool parse_net_line(const std::string& line, NetDesc* net) {
+  std::istringstream words(line);
+  std::string word;
+  if (!(words >> word) || word != "net" || !(words >> net->name)) return false;
+  bool has_inputs = false, has_outputs = false;
+  while (words >> word) {
+    size_t eq = word.find('=');
+    std::string key = word.substr(0, eq), value = eq == std::string::npos ? "" : word.substr(eq + 1);
+    if (key == "stages") {
+      char* end = nullptr;
+      net->stages = static_cast<int>(strtol(value.c_str(), &end, 10));
+      if (value.empty() || *end != '\0' || net->stages < 1) return false;
+    } else if (key == "inputs") {
+      has_inputs = parse_tensors(value, &net->inputs);
+      if (!has_inputs) return false;
+    } else if (key == "outputs") {
+      has_outputs = parse_tensors(value, &net->outputs);
+      if (!has_outputs) return false;
+    } else {
+      return false;
+    }
+  }
+  return has_inputs && has_outputs;
+}
+
+static bool find_net(Model* m, const std::string& name, Net* net) {
+  net->name = name;
+  net->info = m->rt->rt_get_network_info(m->bmrt, name.c_str());
+  return net->info != nullptr;
+}
+
+// The description of one loaded network (its first stage's shapes: the largest, for the
+// dynamic networks LLM-TPU compiles).
+static NetDesc net_desc(const bm::NetInfo* info, const std::string& name) {
+  NetDesc net;
+  net.name = name;
+  net.stages = info->stage_num;
+  for (int i = 0; i < info->input_num; i++)
+    net.inputs.push_back({info->input_names[i], info->input_dtypes[i],
+                          info->stage_num ? info->stages[0].input_shapes[i] : bm::Shape{}});
+  for (int i = 0; i < info->output_num; i++)
+    net.outputs.push_back({info->output_names[i], info->output_dtypes[i],
+                           info->stage_num ? info->stages[0].output_shapes[i] : bm::Shape{}});
+  return net;
+}
+
+// Describe every network, judge the layout, then keep the networks the engine runs.
 static bool inspect_model(Model* m, std::string* error) {
   const char** names = nullptr;
   int count = m->rt->rt_get_network_number(m->bmrt);
   m->rt->rt_get_network_names(m->bmrt, &names);
   std::vector<std::string> net_names(names, names + count);
   free(names);
-  while (std::count(net_names.begin(), net_names.end(),
-                    "block_cache_" + std::to_string(m->layers)) > 0)
-    m->layers++;
-  if (m->layers == 0) {
-    *error = "no block_cache_0 network: not an LLM-TPU bmodel";
-    return false;
+  for (const std::string& name : net_names) {
+    const bm::NetInfo* info = m->rt->rt_get_network_info(m->bmrt, name.c_str());
+    if (!info) return refuse(error, "bmruntime lists network " + name + " but gives no info on it");
+    m->descs.push_back(net_desc(info, name));
   }
-  if (!find_net(m, "embedding", &m->embedding, error) ||
-      !find_net(m, "embedding_cache", &m->embedding_cache, error) ||
-      !find_net(m, "lm_head", &m->lm_head, error))
-    return false;
-  m->blocks.resize(m->layers);
-  m->blocks_cache.resize(m->layers);
-  for (int i = 0; i < m->layers; i++) {
-    if (!find_net(m, "block_" + std::to_string(i), &m->blocks[i], error) ||
-        !find_net(m, "block_cache_" + std::to_string(i), &m->blocks_cache[i], error))
-      return false;
-  }
-  if (!check_net(m->embedding, 1, 1, error) || !check_net(m->embedding_cache, 1, 1, error) ||
-      !check_net(m->lm_head, 1, 1, error))
-    return false;
-  for (int i = 0; i < m->layers; i++) {
-    if (!check_net(m->blocks[i], 3, 3, error) || !check_net(m->blocks_cache[i], 5, 3, error))
-      return false;
-  }
-
-  const Net& block = m->blocks[0];
-  const Net& cache = m->blocks_cache[0];
-  m->seq = in_shape(block, 0).dims[1];                       // input_states [1, SEQ, H]
-  m->hidden = in_shape(block, 0).dims[in_shape(block, 0).num_dims - 1];
-  m->hidden_dtype = block.info->input_dtypes[0];
-  // 0: unknown, for bmodels whose lm_head does the argmax and gives one int32 token id.
-  bool lm_head_gives_id = m->lm_head.info->output_dtypes[0] == bm::kInt32;
-  m->vocab = lm_head_gives_id ? 0 : static_cast<int>(shape_elements(out_shape(m->lm_head, 0)));
-  const bm::Shape& history = in_shape(cache, 3);             // history_k [1, SEQ, kv_heads, D]
-  if (history.num_dims < 2 || history.dims[1] != m->seq ||
-      shape_elements(in_shape(cache, 2)) != static_cast<size_t>(m->seq) + 1) {
-    *error = "block_cache_0 history_k " + shape_text(history) + " / attention_mask " +
-             shape_text(in_shape(cache, 2)) + " do not match SEQ " + std::to_string(m->seq) +
-             " (expected [1,SEQ,...] and SEQ+1 elements)";
-    return false;
-  }
-  m->kv_row_bytes = cache.info->max_input_bytes[3] / m->seq;
-  if (m->embedding.info->input_dtypes[0] != bm::kInt32 ||
-      m->embedding_cache.info->input_dtypes[0] != bm::kInt32) {
-    *error = "embedding input is " + std::string(dtype_name(m->embedding.info->input_dtypes[0])) +
-             "; this engine feeds int32 token ids";
-    return false;
-  }
-  for (int i = 0; i < m->layers; i++) {  // every layer must fit the shared buffers
-    for (int j = 0; j < 3; j++) {
-      if (m->blocks[i].info->max_input_bytes[j] != block.info->max_input_bytes[j] ||
-          m->blocks_cache[i].info->max_input_bytes[j] != cache.info->max_input_bytes[j]) {
-        *error = "layer " + std::to_string(i) + " has other input sizes than layer 0";
-        return false;
-      }
-    }
-  }
+  if (!detect_layout(m->descs, &m->layout, error)) return false;
+  m->blocks.resize(m->layout.layers);
+  m->blocks_cache.resize(m->layout.layers);
+  bool found = find_net(m, "embedding", &m->embedding) &&
+               find_net(m, "embedding_cache", &m->embedding_cache) &&
+               find_net(m, "lm_head", &m->lm_head);
+  for (int i = 0; found && i < m->layout.layers; i++)
+    found = find_net(m, "block_" + std::to_string(i), &m->blocks[i]) &&
+            find_net(m, "block_cache_" + std::to_string(i), &m->blocks_cache[i]);
+  if (!found) return refuse(error, "bmruntime lost a network it listed");
+  m->kv_row_bytes = m->blocks_cache[0].info->max_input_bytes[3] / m->layout.seq;
   return true;
 }
 
@@ -463,9 +683,9 @@ static bool allocate_buffers(Model* m, std::string* error) {
             allocate(m, cache->max_output_bytes[1], &m->new_k) &&
             allocate(m, cache->max_output_bytes[2], &m->new_v) &&
             allocate(m, m->lm_head.info->max_output_bytes[0], &m->logits);
-  m->k_cache.resize(m->layers);
-  m->v_cache.resize(m->layers);
-  for (int i = 0; ok && i < m->layers; i++) {
+  m->k_cache.resize(m->layout.layers);
+  m->v_cache.resize(m->layout.layers);
+  for (int i = 0; ok && i < m->layout.layers; i++) {
     ok = allocate(m, cache->max_input_bytes[3], &m->k_cache[i]) &&
          allocate(m, cache->max_input_bytes[4], &m->v_cache[i]);
   }
@@ -518,7 +738,7 @@ static bool upload_floats(Model* m, bm::DeviceMem dst, const std::vector<float>&
   return upload(m, dst, bytes.data(), bytes.size(), error);
 }
 
-// Read the logits back (or lm_head's own token id, for bmodels that do the argmax on the chip).
+// Read the logits back (float lm_heads only; a token head's id is read by read_token_id).
 static bool read_logits(Model* m, std::vector<float>* logits, std::string* error) {
   bm::DataType t = m->lm_head.info->output_dtypes[0];
   size_t bytes = m->lm_head.info->max_output_bytes[0];
@@ -528,13 +748,6 @@ static bool read_logits(Model* m, std::vector<float>* logits, std::string* error
     *error = "copy of logits from device failed";
     return false;
   }
-  if (t == bm::kInt32) {  // a single token id: make it a one-hot "logit" vector
-    int32_t id;
-    memcpy(&id, raw.data(), 4);
-    logits->assign(std::max(id + 1, 1), 0.0f);
-    if (id >= 0) (*logits)[id] = 1.0f;
-    return true;
-  }
   if (t != bm::kFloat32 && t != bm::kFloat16 && t != bm::kBFloat16) {
     *error = std::string("lm_head output of type ") + dtype_name(t) + " is not supported";
     return false;
@@ -543,10 +756,17 @@ static bool read_logits(Model* m, std::vector<float>* logits, std::string* error
   return true;
 }
 
+// llm_convert's default lm_head ends in TopK and returns the chosen token id itself.
+static bool read_token_id(Model* m, int32_t* id, std::string* error) {
+  if (m->rt->memcpy_d2s_partial(m->handle, id, m->logits, 4) == bm::kSuccess) return true;
+  *error = "copy of the token id from device failed";
+  return false;
+}
+
 // Prefill: the whole prompt through embedding and every block_N; fills the KV cache rows
 // 0..n-1 and leaves the last prompt position's logits in m->logits.
 static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* error) {
-  const int seq = m->seq, n = static_cast<int>(prompt.size());
+  const int seq = m->layout.seq, n = static_cast<int>(prompt.size());
   std::vector<int32_t> ids(seq, 0), positions(seq, 0);
   std::vector<float> mask(static_cast<size_t>(seq) * seq, kMaskValue);
   for (int i = 0; i < n; i++) {
@@ -561,7 +781,7 @@ static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* e
       !launch(m, m->embedding, {m->ids}, {m->prefill_hidden[0]}, error))
     return false;
   int current = 0;
-  for (int i = 0; i < m->layers; i++) {
+  for (int i = 0; i < m->layout.layers; i++) {
     // block_N writes its past_k/past_v straight into this layer's KV cache.
     if (!launch(m, m->blocks[i], {m->prefill_hidden[current], m->prefill_positions, m->prefill_mask},
                 {m->prefill_hidden[1 - current], m->k_cache[i], m->v_cache[i]}, error))
@@ -577,7 +797,7 @@ static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* e
 // which attend to cache rows 0..position-1 plus the token itself; its K/V become row
 // `position` of the cache.
 static bool decode(Model* m, int32_t token, int position, std::string* error) {
-  const int seq = m->seq;
+  const int seq = m->layout.seq;
   std::vector<float> mask(seq + 1, kMaskValue);
   for (int j = 0; j < position; j++) mask[j] = 0.0f;
   mask[seq] = 0.0f;  // the last slot is the new token itself
@@ -589,7 +809,7 @@ static bool decode(Model* m, int32_t token, int position, std::string* error) {
       !launch(m, m->embedding_cache, {m->token_id}, {m->decode_hidden[0]}, error))
     return false;
   int current = 0;
-  for (int i = 0; i < m->layers; i++) {
+  for (int i = 0; i < m->layout.layers; i++) {
     if (!launch(m, m->blocks_cache[i],
                 {m->decode_hidden[current], m->decode_positions, m->decode_mask, m->k_cache[i],
                  m->v_cache[i]},
@@ -670,6 +890,27 @@ static Choice choose(const std::vector<float>& logits, Sampling* sampling) {
   return c;
 }
 
+// The next token from what lm_head left on the device. A token head has no logits, so its
+// choice has no gap and no count of non-finite values (`known` is false).
+static bool next_choice(Model* m, Sampling* sampling, Choice* c, bool* known, std::string* error) {
+  *known = !m->layout.token_head;
+  if (m->layout.token_head) {
+    *c = Choice();
+    return read_token_id(m, &c->token, error);
+  }
+  std::vector<float> logits;
+  if (!read_logits(m, &logits, error)) return false;
+  *c = choose(logits, sampling);
+  return true;
+}
+
+static void reply_token(const Choice& c, bool known, double ms) {
+  if (known)
+    reply("token %d ms=%.1f gap=%.4f nonfinite=%d", c.token, ms, c.gap, c.nonfinite);
+  else
+    reply("token %d ms=%.1f", c.token, ms);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The request loop.
 
@@ -735,15 +976,21 @@ static bool parse_request(std::istringstream& words, Request* r, std::string* er
 // Returns false only on a device failure (the engine then exits).
 static bool generate(Model* m, const Request& r) {
   const int n = static_cast<int>(r.ids.size());
-  if (n > m->seq) {
-    reply("error bad_request prompt has %d tokens; this bmodel holds at most SEQ=%d", n, m->seq);
+  if (n > m->layout.seq) {
+    reply("error bad_request prompt has %d tokens; this bmodel holds at most SEQ=%d", n, m->layout.seq);
     return true;
   }
   for (int32_t id : r.ids) {
-    if (id < 0 || (m->vocab > 0 && id >= m->vocab)) {
-      reply("error bad_request token id %d is outside the vocabulary 0..%d", id, m->vocab - 1);
+    if (id < 0 || (m->layout.vocab > 0 && id >= m->layout.vocab)) {
+      reply("error bad_request token id %d is outside the vocabulary 0..%d", id, m->layout.vocab - 1);
       return true;
     }
+  }
+  if (m->layout.token_head && r.temperature > 0.0f) {
+    reply("error bad_request this bmodel's lm_head returns a token id, not logits (llm_convert "
+          "without --do_sample), so it cannot sample: use temperature=0, or a bmodel converted "
+          "with --do_sample");
+    return true;
   }
   Sampling sampling;
   sampling.temperature = r.temperature;
@@ -751,9 +998,10 @@ static bool generate(Model* m, const Request& r) {
   sampling.rng.seed(r.seed);
 
   std::string error;
-  std::vector<float> logits;
+  Choice c;
+  bool known = false;
   auto start = std::chrono::steady_clock::now();
-  if (!prefill(m, r.ids, &error) || !read_logits(m, &logits, &error)) {
+  if (!prefill(m, r.ids, &error) || !next_choice(m, &sampling, &c, &known, &error)) {
     reply("error device %s", error.c_str());
     return false;
   }
@@ -765,21 +1013,20 @@ static bool generate(Model* m, const Request& r) {
   int produced = 0, position = n;
   const char* reason = "length";
   while (true) {
-    Choice c = choose(logits, &sampling);
-    reply("token %d ms=%.1f gap=%.4f nonfinite=%d", c.token, elapsed_ms(step_start), c.gap,
-          c.nonfinite);
+    reply_token(c, known, elapsed_ms(step_start));
     produced++;
     if (std::find(r.stop.begin(), r.stop.end(), c.token) != r.stop.end()) {
       reason = "stop";
       break;
     }
     if (produced >= r.max_new) break;
-    if (position >= m->seq) {
+    if (position >= m->layout.seq) {
       reason = "seq_full";
       break;
     }
     step_start = std::chrono::steady_clock::now();
-    if (!decode(m, c.token, position, &error) || !read_logits(m, &logits, &error)) {
+    if (!decode(m, c.token, position, &error) ||
+        !next_choice(m, &sampling, &c, &known, &error)) {
       reply("error device %s", error.c_str());
       return false;
     }
@@ -791,22 +1038,7 @@ static bool generate(Model* m, const Request& r) {
 }
 
 static void describe(Model* m) {
-  std::vector<const Net*> nets = {&m->embedding, &m->embedding_cache, &m->lm_head};
-  for (int i = 0; i < m->layers; i++) {
-    nets.push_back(&m->blocks[i]);
-    nets.push_back(&m->blocks_cache[i]);
-  }
-  for (const Net* net : nets) {
-    std::string line = "net " + net->name + " inputs=";
-    for (int i = 0; i < net->info->input_num; i++)
-      line += std::string(i ? "," : "") + net->info->input_names[i] + ":" +
-              dtype_name(net->info->input_dtypes[i]) + shape_text(in_shape(*net, i));
-    line += " outputs=";
-    for (int i = 0; i < net->info->output_num; i++)
-      line += std::string(i ? "," : "") + net->info->output_names[i] + ":" +
-              dtype_name(net->info->output_dtypes[i]) + shape_text(out_shape(*net, i));
-    reply("%s", line.c_str());
-  }
+  for (const NetDesc& net : m->descs) reply("%s", describe_net(net).c_str());
   reply("end");
 }
 
@@ -839,9 +1071,46 @@ static int serve(Model* m) {
 
 // ---------------------------------------------------------------------------------------------
 
+// --check-layout FILE: judge a listing of networks (the lines `info` prints) without a device.
+static int check_layout(const std::string& path) {
+  FILE* in = fopen(path.c_str(), "r");
+  if (!in) {
+    reply("error bad_model cannot read %s: %s", path.c_str(), strerror(errno));
+    return kExitBadModel;
+  }
+  std::vector<NetDesc> nets;
+  char buffer[1 << 16];
+  int number = 0;
+  bool ok = true;
+  while (ok && fgets(buffer, sizeof buffer, in)) {
+    number++;
+    std::string line = buffer;
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    if (line.empty() || line[0] == '#' || line == "end") continue;
+    NetDesc net;
+    ok = parse_net_line(line, &net);
+    if (ok) nets.push_back(net);
+  }
+  fclose(in);
+  if (!ok) {
+    reply("error bad_model %s line %d is not `net NAME [stages=N] inputs=name:dtype[dims],... "
+          "outputs=...`", path.c_str(), number);
+    return kExitBadModel;
+  }
+  Layout layout;
+  std::string error;
+  if (!detect_layout(nets, &layout, &error)) {
+    reply("error bad_model %s: %s", path.c_str(), error.c_str());
+    return kExitBadModel;
+  }
+  reply("layout %s", layout_fields(layout).c_str());
+  return kExitOk;
+}
+
 static void usage(FILE* to) {
   fprintf(to,
           "usage: llmtpu-engine --model FILE.bmodel [--lib-dir DIR] [--device N]\n"
+          "       llmtpu-engine --check-layout NETWORKS.txt   (judge a listing of `info` lines)\n"
           "       llmtpu-engine --version\n"
           "Runs an LLM-TPU bmodel; requests on stdin, answers on stdout (see csrc/README.md).\n"
           "--lib-dir: folder with libbmrt.so and libbmlib.so (default $LLMTPU_BMRT_LIB_DIR,\n"
@@ -861,6 +1130,8 @@ int main(int argc, char** argv) {
     } else if (arg == "--help" || arg == "-h") {
       usage(stdout);
       return kExitOk;
+    } else if (arg == "--check-layout" && has_value) {
+      return check_layout(argv[++i]);
     } else if (arg == "--model" && has_value) {
       model_path = argv[++i];
     } else if (arg == "--lib-dir" && has_value) {
@@ -930,8 +1201,7 @@ int main(int argc, char** argv) {
     reply("error device %s", error.c_str());
     return kExitDevice;
   }
-  reply("ready protocol=%d layers=%d seq=%d hidden=%d vocab=%d dtype=%s load_ms=%.1f", kProtocol,
-        model.layers, model.seq, model.hidden, model.vocab, dtype_name(model.hidden_dtype),
+  reply("ready protocol=%d %s load_ms=%.1f", kProtocol, layout_fields(model.layout).c_str(),
         elapsed_ms(start));
   set_crash_reply(kExitDevice, "error device bmruntime crashed while running the model (see the "
                                "engine's stderr)");

@@ -44,6 +44,23 @@ def _step(target: Target, argv: list[str], what: str, timeout: float) -> Command
     return result
 
 
+#: What a build folder's CMakeCache.txt records about the target it was configured for.
+_CACHED_TOOLCHAIN = "CMAKE_TOOLCHAIN_FILE:"
+
+
+def _configured_toolchain(target: Target, build_dir: str) -> str | None:
+    """The toolchain file a build folder was configured with ("" for native), or None if new."""
+    cache = posixpath.join(build_dir, "CMakeCache.txt")
+    try:
+        text = target.read_text(cache)
+    except (OSError, TargetError):
+        return None
+    for line in text.splitlines():
+        if line.startswith(_CACHED_TOOLCHAIN):
+            return line.split("=", 1)[1].strip()
+    return ""
+
+
 def build_engine(target: Target, source_dir: str, build_dir: str, jobs: int = DEFAULT_JOBS,
                  timeout: float = 600.0, cross: str | None = None,
                  emulator: Sequence[str] = ()) -> BuiltEngine:
@@ -53,11 +70,18 @@ def build_engine(target: Target, source_dir: str, build_dir: str, jobs: int = DE
     on this machine for that proof (``qemu-aarch64 -L /usr/aarch64-linux-gnu``).
     """
     configure = ["cmake", "-S", source_dir, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release"]
+    toolchain = ""
     if cross is not None:
         if cross not in CROSS_TOOLCHAINS:
             raise EngineBuildError(f"no cross toolchain for {cross!r}; there is {', '.join(CROSS_TOOLCHAINS)}")
         toolchain = posixpath.join(source_dir, CROSS_TOOLCHAINS[cross])
         configure.append(f"-DCMAKE_TOOLCHAIN_FILE={toolchain}")
+    configured = _configured_toolchain(target, build_dir)
+    if configured is not None and posixpath.basename(configured) != posixpath.basename(toolchain):
+        was = f"the cross toolchain {configured}" if configured else "this machine's compiler"
+        wanted = f"--cross {cross}" if cross else "a native build"
+        raise EngineBuildError(f"{build_dir} was configured for {was}; {wanted} needs its own folder: "
+                               f"give another --build-dir, or remove {build_dir}")
     _step(target, configure, "cmake configure", timeout)
     _step(target, ["cmake", "--build", build_dir, "-j", str(jobs)], "cmake build", timeout)
     binary = posixpath.join(build_dir, ENGINE_NAME)

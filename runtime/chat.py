@@ -9,6 +9,7 @@ family picks a template from templates.toml; without a config it comes from the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -83,6 +84,46 @@ def read_config(folder: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ChatSetupError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write a new file beside ``path`` (never through a link) and rename it over ``path``."""
+    part = path.with_name(f".{path.name}.part")
+    if os.path.lexists(part):
+        part.unlink()
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(part, path)
+
+
+def remember_tokenizer(folder: Path, tokenizer: Path) -> Path:
+    """Make ``tokenizer`` the folder's own, so a later `llmtpu chat --model FOLDER` finds it.
+
+    A tokenizer file is copied into the folder (never over a different file of the same name);
+    otherwise, and when the copy is not the one the folder would be searched for, its path is
+    recorded as ``tokenizer = "..."`` in the folder's llmtpu-model.toml. Returns what chat will use.
+    """
+    chosen = tokenizer.resolve()
+    if tokenizer.is_file():
+        copy = folder / tokenizer.name
+        if not os.path.lexists(copy):
+            _write_atomically(copy, tokenizer.read_bytes())
+        if copy.is_file() and not copy.is_symlink() and copy.read_bytes() == tokenizer.read_bytes():
+            chosen = copy
+    config = read_config(folder)
+    recorded = config.get("tokenizer")
+    if recorded is not None and (folder / str(recorded)).resolve() == chosen.resolve():
+        return chosen
+    if recorded is None and find_tokenizer(folder) == chosen:
+        return chosen
+    path = folder / CONFIG_NAME
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    lines = [line for line in lines if not line.replace(" ", "").startswith("tokenizer=")]
+    name = chosen.name if chosen.parent == folder else str(chosen)
+    lines.append(f"tokenizer = {json.dumps(name)}")
+    _write_atomically(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return chosen
 
 
 def open_model_dir(folder: Path, tokenizer: Path | None = None, family: str | None = None) -> ModelDir:

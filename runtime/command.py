@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,9 @@ def add_parser(commands: Any) -> None:
                                description="Compile the engine with CMake and a C++17 compiler.")
     build.add_argument("--source", default=str(SOURCE_DIR), metavar="DIR",
                        help=f"engine sources (default {SOURCE_DIR})")
-    build.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR), metavar="DIR",
-                       help=f"where to build (default {DEFAULT_BUILD_DIR})")
+    build.add_argument("--build-dir", default=None, metavar="DIR",
+                       help=f"where to build (default {DEFAULT_BUILD_DIR}, or {DEFAULT_BUILD_DIR}-ARCH "
+                            "with --cross ARCH: one folder per target)")
     build.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="parallel compile jobs")
     build.add_argument("--cross", choices=sorted(CROSS_TOOLCHAINS), default=None,
                        help="cross-compile for this CPU (Debian: apt-get install g++-aarch64-linux-gnu "
@@ -62,6 +65,9 @@ def add_parser(commands: Any) -> None:
                             "default, /opt/sophon/libsophon-current/lib or $LLMTPU_BMRT_LIB_DIR)")
     smoke.add_argument("--engine", default=None, metavar="FILE",
                        help="engine binary (default $LLMTPU_ENGINE or the build folder's)")
+    smoke.add_argument("--tokenizer", default=None, metavar="PATH",
+                       help="tokenizer.json or .model to decode the tokens with, so output that is only "
+                            "punctuation ('!!!!') fails (default: the test model's, or the one beside --model)")
     smoke.add_argument("--max-new", type=int, default=8, help="tokens to generate (default 8)")
     smoke.add_argument("--timeout", type=float, default=300.0,
                        help="seconds before the TPU counts as hung (default 300)")
@@ -132,6 +138,7 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
 
 def run_build(args: argparse.Namespace) -> int:
     from llmtpu.runtime.build import EngineBuildError, build_engine
+    from llmtpu.runtime.engine import default_build_dir
     from llmtpu.target import LocalTarget
 
     if args.jobs < 1:
@@ -141,8 +148,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise UsageError(f"--source: {source} has no CMakeLists.txt; give the engine's csrc/ folder")
     emulator = QEMU_BY_CROSS[args.cross] if args.cross else ()
     try:
-        built = build_engine(LocalTarget(), source, os.path.abspath(args.build_dir), args.jobs,
-                             cross=args.cross, emulator=emulator)
+        build_dir = os.path.abspath(args.build_dir or default_build_dir(args.cross))
+        built = build_engine(LocalTarget(), source, build_dir, args.jobs, cross=args.cross, emulator=emulator)
     except EngineBuildError as exc:
         print(f"llmtpu: engine build failed: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -164,6 +171,7 @@ def run_smoke(args: argparse.Namespace) -> int:
     from llmtpu.runtime import testmodel
     from llmtpu.runtime.engine import default_binary, engine_argv
     from llmtpu.runtime.smoke import smoke_test
+    from llmtpu.runtime.tokenizer import TokenizerError, find_tokenizer, load_tokenizer
     from llmtpu.target import LocalTarget
 
     if args.max_new < 1:
@@ -179,15 +187,35 @@ def run_smoke(args: argparse.Namespace) -> int:
         model, prompt, max_new = os.path.abspath(args.model), _prompt_ids(args.prompt), args.max_new
         if not os.path.isfile(model):
             raise UsageError(f"--model: {model} is not a file; give an LLM-TPU .bmodel")
+    tokenizer_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(Path(model).parent)
+    try:
+        decode = load_tokenizer(tokenizer_path).decode if tokenizer_path else None
+    except TokenizerError as exc:
+        raise UsageError(f"--tokenizer: {exc}") from exc
     binary = args.engine or str(default_binary())
     argv = engine_argv(binary, model, args.lib_dir)
-    result = smoke_test(LocalTarget(), argv, prompt, max_new, args.timeout, expected)
+    with _progress_line("engine smoke test") as progress:
+        result = smoke_test(LocalTarget(), argv, prompt, max_new, args.timeout, expected,
+                            decode=decode, progress=progress)
     if result.ok:
         print(f"ok    engine smoke test: {result.message}")
         return EXIT_OK
     print(f"fail  engine smoke test: {result.message}")
     print(f"      fix: {result.fix}")
     return EXIT_FAIL
+
+
+@contextlib.contextmanager
+def _progress_line(what: str) -> Iterator[Callable[[str], None] | None]:
+    """On a terminal, one status line on stderr that each phase replaces; elsewhere nothing."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.markup import escape
+
+    with Console(stderr=True).status(escape(f"{what}: starting")) as status:
+        yield lambda text: status.update(escape(f"{what}: {text}"))
 
 
 # -- chat and run ---------------------------------------------------------------------------
@@ -286,6 +314,10 @@ def chat_with(args: argparse.Namespace, model: Any, spec: Any = None) -> int:
             where = spec.name
         with session:
             ready = session.start()
+            if args.temperature > 0 and not ready.can_sample:
+                raise UsageError(f"--temperature: {model.bmodel.name}'s lm_head returns a token id, not "
+                                 "logits (llm_convert without --do_sample), so it cannot sample; use "
+                                 "--temperature 0, or a bmodel converted with --do_sample")
             console.print(escape(f"{model.bmodel.name} on {where}: {ready.layers} layers, {ready.seq} tokens "
                                  f"of context, {ready.dtype}, loaded in {ready.load_ms:.0f} ms; template "
                                  f"{model.family}. /clear forgets, /exit ends."), style="dim")
@@ -319,7 +351,14 @@ def run_run(args: argparse.Namespace) -> int:
     from llmtpu.provision.command import RichReporter
     from llmtpu.provision.fetch import Artifact, DfssSource, FetchError, MirrorSource, fetch
     from llmtpu.runtime.build import SOURCE_DIR, EngineBuildError, build_engine
-    from llmtpu.runtime.chat import CONFIG_NAME, ChatSetupError, load_templates, open_model_dir, read_config
+    from llmtpu.runtime.chat import (
+        CONFIG_NAME,
+        ChatSetupError,
+        load_templates,
+        open_model_dir,
+        read_config,
+        remember_tokenizer,
+    )
     from llmtpu.runtime.engine import ENGINE_NAME
     from llmtpu.runtime.tokenizer import find_tokenizer
     from llmtpu.target import LocalTarget
@@ -358,6 +397,11 @@ def run_run(args: argparse.Namespace) -> int:
     if not config.exists():  # so `llmtpu chat --model FOLDER` works from now on
         config.write_text(f"# written by llmtpu run --model {entry.name}\n"
                           f"family = {json.dumps(entry.family)}\nbmodel = {json.dumps(name)}\n", encoding="utf-8")
+    if tokenizer is not None:  # the same: chat finds it in the folder afterwards
+        try:
+            tokenizer = remember_tokenizer(folder, tokenizer)
+        except (OSError, ChatSetupError) as exc:
+            return _fail(f"cannot keep the tokenizer in {folder}: {exc}")
 
     if args.engine is None and not os.environ.get("LLMTPU_ENGINE"):
         args.engine = os.path.join(os.path.abspath(args.build_dir), ENGINE_NAME)

@@ -49,17 +49,23 @@ class Ready:
     layers: int
     seq: int
     hidden: int
-    vocab: int
+    vocab: int | None  # None when lm_head gives a token id: the vocabulary is not visible
     dtype: str
     load_ms: float
+    head: str = "logits"  # "token": lm_head returns the chosen id itself (llm_convert's default)
+
+    @property
+    def can_sample(self) -> bool:
+        """Sampling needs logits; a token head has already chosen (greedily) on the chip."""
+        return self.head == "logits"
 
 
 @dataclass(frozen=True)
 class TokenStep:
     token: int
     ms: float  # the first step includes the prefill
-    gap: float  # top-1 minus top-2 logit
-    nonfinite: int  # NaN/inf logits at this step
+    gap: float | None  # top-1 minus top-2 logit; None on a token head (no logits to see)
+    nonfinite: int | None  # NaN/inf logits at this step; None on a token head
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,15 @@ def engine_argv(binary: str, model: str, lib_dir: str | None = None, device: int
     return argv
 
 
+def default_build_dir(cross: str | None = None) -> Path:
+    """The build folder for this machine's CPU, or for a cross target (``aarch64``).
+
+    One folder per target: CMake keeps the toolchain of a folder's first configure, so a cross
+    build in a native folder would quietly build for this machine again.
+    """
+    return DEFAULT_BUILD_DIR if cross is None else DEFAULT_BUILD_DIR.with_name(f"{DEFAULT_BUILD_DIR.name}-{cross}")
+
+
 def default_binary() -> Path:
     """$LLMTPU_ENGINE, else the checkout's build/engine/llmtpu-engine."""
     return Path(os.environ.get("LLMTPU_ENGINE") or DEFAULT_BUILD_DIR / ENGINE_NAME)
@@ -152,10 +167,14 @@ def parse_ready(line: str) -> Ready:
     if fields.get("protocol") != str(PROTOCOL):
         raise EngineError("protocol", f"engine speaks protocol {fields.get('protocol')}, "
                                       f"this llmtpu speaks {PROTOCOL}: rebuild it (llmtpu engine build)")
+    head = fields.get("head", "logits")
+    if head not in ("logits", "token"):
+        raise EngineError("protocol", f"engine reports an unknown lm_head kind {head!r}: {line!r}")
+    vocab = int(_number(fields, "vocab", line)) if "vocab" in fields else None
     return Ready(
         layers=int(_number(fields, "layers", line)), seq=int(_number(fields, "seq", line)),
-        hidden=int(_number(fields, "hidden", line)), vocab=int(_number(fields, "vocab", line)),
-        dtype=fields.get("dtype", "?"), load_ms=_number(fields, "load_ms", line),
+        hidden=int(_number(fields, "hidden", line)), vocab=vocab or None,
+        dtype=fields.get("dtype", "?"), load_ms=_number(fields, "load_ms", line), head=head,
     )
 
 
@@ -174,8 +193,9 @@ def read_generation(next_line: Callable[[], str],
         words = line.split()
         if words[:1] == ["token"] and len(words) >= 2:
             fields = _fields(words[2:])
-            step = TokenStep(int(words[1]), _number(fields, "ms", line), _number(fields, "gap", line),
-                             int(_number(fields, "nonfinite", line)))
+            step = TokenStep(int(words[1]), _number(fields, "ms", line),
+                             _number(fields, "gap", line) if "gap" in fields else None,
+                             int(_number(fields, "nonfinite", line)) if "nonfinite" in fields else None)
             steps.append(step)
             if on_token:
                 on_token(step)

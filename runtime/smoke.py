@@ -3,17 +3,28 @@
 A machine whose driver and libraries all look right can still print "!!!!!!" (LLM-TPU FAQ Q3:
 TPU voltage too low for its clock) or hang. This runs one greedy generation with a timeout and
 checks, in order: the engine starts and loads the model; tokens come back; they are not
-degenerate (NaN/inf logits, one token repeated, a run of "!"); they equal the reference when one
-is known; and it reports prefill and decode speed.
+degenerate (NaN/inf logits, one token repeated, and, when a tokenizer decodes them, text that is
+only punctuation such as "!!!!" or '!"!"', whatever the token ids); they equal the reference when
+one is known; and it reports prefill and decode speed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import time
+import unicodedata
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from llmtpu.runtime.engine import EngineError, GenerateRequest, Generation, Ready, run_batch
-from llmtpu.target import Target
+from llmtpu.runtime.engine import (
+    EngineError,
+    EngineSession,
+    GenerateRequest,
+    Generation,
+    Ready,
+    TokenStep,
+    run_batch,
+)
+from llmtpu.target import LocalTarget, Target
 
 #: LLM-TPU FAQ Q3: lower the TPU clock when the output is all "!" (voltage too low).
 DOWNCLOCK_FIX = (
@@ -51,8 +62,19 @@ class SmokeResult:
     generation: Generation | None = None
 
 
-def degenerate_reason(generation: Generation, bang_ids: Collection[int] = ()) -> str | None:
-    """Why this output is garbage, or None. ``bang_ids``: the tokenizer's ids of "!" tokens."""
+def punctuation_only(text: str) -> bool:
+    """True for text with something in it but no letter or digit: "!!!!", '!"!"', "？？". """
+    visible = [ch for ch in text if not ch.isspace()]
+    return bool(visible) and all(unicodedata.category(ch)[0] in "PS" for ch in visible)
+
+
+def degenerate_reason(generation: Generation, bang_ids: Collection[int] = (),
+                      text: str | None = None) -> str | None:
+    """Why this output is garbage, or None.
+
+    ``bang_ids``: the tokenizer's ids of "!" tokens; ``text``: the tokens decoded, which catches
+    an all-"!" answer (LLM-TPU FAQ Q3) however the tokenizer splits it.
+    """
     tokens = generation.tokens
     bad_steps = [i for i, step in enumerate(generation.steps) if step.nonfinite]
     if bad_steps:
@@ -61,6 +83,12 @@ def degenerate_reason(generation: Generation, bang_ids: Collection[int] = ()) ->
         return "no tokens came back"
     if bang_ids and all(t in bang_ids for t in tokens):
         return f'every token is "!" ({len(tokens)} tokens, LLM-TPU FAQ Q3)'
+    if text is not None and punctuation_only(text):
+        shown = text.strip()
+        shown = shown if len(shown) <= 24 else shown[:24] + "..."
+        return f"the output is only punctuation: {shown!r} ({len(tokens)} tokens, LLM-TPU FAQ Q3)"
+    if text is not None and not text.strip() and len(tokens) >= MIN_TOKENS_FOR_REPEAT_CHECK:
+        return f"{len(tokens)} tokens decode to no visible text"
     if len(tokens) >= MIN_TOKENS_FOR_REPEAT_CHECK and len(set(tokens)) == 1:
         return f"the same token {tokens[0]} repeated {len(tokens)} times"
     return None
@@ -76,14 +104,25 @@ def speed_text(ready: Ready, generation: Generation) -> str:
 
 def smoke_test(target: Target, argv: Sequence[str], prompt: Sequence[int], max_new: int,
                timeout: float, expected: Sequence[int] | None = None,
-               bang_ids: Collection[int] = ()) -> SmokeResult:
-    """One greedy generation on the machine, judged. ``argv`` is from engine.engine_argv."""
+               bang_ids: Collection[int] = (),
+               decode: Callable[[Sequence[int]], str] | None = None,
+               progress: Callable[[str], None] | None = None) -> SmokeResult:
+    """One greedy generation on the machine, judged. ``argv`` is from engine.engine_argv.
+
+    ``decode`` (a tokenizer's) turns the tokens into text for the punctuation check;
+    ``progress`` hears what is being waited for (loading, prefill, each token) as it happens;
+    it is used on this machine (a LocalTarget); other targets answer in one batch.
+    """
     request = GenerateRequest(ids=list(prompt), max_new=max_new)
     try:
-        ready, (generation,) = run_batch(target, argv, [request], timeout)
+        if progress is None or not isinstance(target, LocalTarget):
+            ready, (generation,) = run_batch(target, argv, [request], timeout)
+        else:
+            ready, generation = _watched_generation(argv, request, timeout, progress)
     except EngineError as exc:
         return SmokeResult(False, exc.kind, str(exc), FIX_BY_ENGINE_ERROR.get(exc.kind, HUNG_FIX))
-    reason = degenerate_reason(generation, bang_ids)
+    text = decode(generation.tokens) if decode is not None else None
+    reason = degenerate_reason(generation, bang_ids, text)
     if reason:
         return SmokeResult(False, "degenerate", f"degenerate output: {reason}", DOWNCLOCK_FIX,
                            ready, generation)
@@ -95,3 +134,29 @@ def smoke_test(target: Target, argv: Sequence[str], prompt: Sequence[int], max_n
                            f"from step {first}", DOWNCLOCK_FIX, ready, generation)
     return SmokeResult(True, "", f"{len(generation.tokens)} tokens; {speed_text(ready, generation)}",
                        "", ready, generation)
+
+
+def _watched_generation(argv: Sequence[str], request: GenerateRequest, timeout: float,
+                        progress: Callable[[str], None]) -> tuple[Ready, Generation]:
+    """The same generation through a local session, telling ``progress`` each phase.
+
+    ``timeout`` bounds the run as run_batch's does: each wait gets what was left of it when
+    the wait began (the load; then each reply line of the generation).
+    """
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(deadline - time.monotonic(), 0.001)
+
+    progress("loading the model")
+    with EngineSession(argv, load_timeout=left()) as session:
+        ready = session.start()
+        progress(f"loaded in {ready.load_ms:.0f} ms; prefill of {len(request.ids)} tokens")
+        steps: list[int] = []
+
+        def on_token(step: TokenStep) -> None:
+            steps.append(step.token)
+            progress(f"decode: token {len(steps)} of {request.max_new}")
+
+        generation = session.generate(request, left(), on_token)
+    return ready, generation

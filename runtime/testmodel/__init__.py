@@ -14,6 +14,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 #: Quantisation modes committed, each one bmodel.
 MODES = ("f16", "w8bf16")
+#: f16 with llm_convert's default lm_head (TopK on the chip: one int32 token id, no logits).
+TOKEN_HEAD_MODE = "f16tok"
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,8 @@ class ReferenceCase:
 
 
 def bmodel_path(mode: str = "f16") -> Path:
-    if mode not in MODES:
-        raise ValueError(f"no tiny test model for mode {mode!r}; there are {', '.join(MODES)}")
+    if mode not in (*MODES, TOKEN_HEAD_MODE):
+        raise ValueError(f"no tiny test model for mode {mode!r}; there are {', '.join(MODES)}, {TOKEN_HEAD_MODE}")
     return HERE / f"tiny_llama_{mode}.bmodel"
 
 

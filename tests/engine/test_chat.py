@@ -241,9 +241,30 @@ def test_run_downloads_with_dfss_once_and_asks_for_the_tokenizer_first(tmp_path:
 
     result = llmtpu(*args, env=env)  # present: no second download
     assert result.returncode == 2 and len(record.read_text().splitlines()) == 1
+    # Issue 14 item 10: afterwards `llmtpu chat --model FOLDER` finds the tokenizer run was given.
+    assert (models / "llama2-7b" / "tokenizer.json").read_bytes() == TOKENIZER.read_bytes()
+    result = llmtpu("chat", "--model", str(models / "llama2-7b"), "--engine", no_engine, env=env)
+    assert result.returncode == 2 and "the engine is not built" in result.stderr, result.stderr
 
     result = llmtpu("run", "--model", "gpt-5", "--models-dir", str(models))
     assert result.returncode == 64 and "llama2-7b" in result.stderr
+
+
+def test_run_records_a_tokenizer_it_cannot_copy(tmp_path: Path) -> None:
+    """A different file of the same name stays; the given tokenizer is recorded by path instead."""
+    from llmtpu.runtime.chat import read_config, remember_tokenizer
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")  # someone else's file: never overwritten
+    (folder / "llmtpu-model.toml").write_text('family = "plain"\ntokenizer = "old.json"\n')
+    kept = remember_tokenizer(folder, TOKENIZER)
+    assert kept == TOKENIZER.resolve() and (folder / "tokenizer.json").read_text() == "{}"
+    assert read_config(folder) == {"family": "plain", "tokenizer": str(TOKENIZER.resolve())}
+    shutil.copy(testmodel.bmodel_path(), folder / LLAMA2_FILE)
+    assert open_model_dir(folder).tokenizer == TOKENIZER.resolve()
+    assert remember_tokenizer(folder, TOKENIZER) == kept  # a second run changes nothing
+    assert not list(folder.glob(".*.part"))
 
 
 def require_build_tools() -> None:

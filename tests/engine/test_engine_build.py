@@ -63,3 +63,31 @@ def test_cross_built_engine_starts_under_qemu(tmp_path: Path) -> None:
 def test_unknown_cross_target_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EngineBuildError, match="no cross toolchain for 'riscv'"):
         build_engine(LocalTarget(), str(SOURCE_DIR), str(tmp_path), cross="riscv")
+
+
+def test_native_then_cross_build_use_their_own_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14 item 9: `engine build --cross aarch64` right after a native build said "Invalid ELF image"."""
+    require(shutil.which("aarch64-linux-gnu-g++") is not None and shutil.which("qemu-aarch64") is not None
+            and shutil.which("cmake") is not None,
+            "needs cmake, g++-aarch64-linux-gnu and qemu-user (bash .ci/engine-deps.sh)")
+    from llmtpu.runtime import engine
+
+    monkeypatch.setattr(engine, "DEFAULT_BUILD_DIR", tmp_path / "build" / "engine")
+    parser = engine_parser()
+    for argv in (["engine", "build"], ["engine", "build", "--cross", "aarch64"]):
+        args = parser.parse_args(argv)
+        assert args.run(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"built {tmp_path / 'build' / 'engine' / 'llmtpu-engine'} ")
+    assert out[1].startswith(f"built {tmp_path / 'build' / 'engine-aarch64' / 'llmtpu-engine'} ")
+    cross = (tmp_path / "build" / "engine-aarch64" / "llmtpu-engine").read_bytes()[:20]
+    assert int.from_bytes(cross[18:20], "little") == ELF_MACHINE_AARCH64
+
+    # One folder given for both targets: refused before cmake runs, with what to do.
+    same = str(tmp_path / "build" / "engine")
+    args = parser.parse_args(["engine", "build", "--cross", "aarch64", "--build-dir", same])
+    assert args.run(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'build' / 'engine'} was configured for this machine's compiler; --cross aarch64 " \
+           "needs its own folder: give another --build-dir, or remove" in err

@@ -8,7 +8,8 @@
 #    - venv-compile: Python 3.10 + the tpu_mlir 1.30.2 wheel (its Python tools need 3.10) with
 #      only the packages its ONNX path imports, for compile.sh
 # 2. tiny_llama.py exports 7 ONNX parts and reference.json
-# 3. compile.sh makes tiny_llama_f16.bmodel and tiny_llama_w8bf16.bmodel
+# 3. compile.sh makes tiny_llama_f16.bmodel, tiny_llama_w8bf16.bmodel and tiny_llama_f16tok.bmodel
+#    (f16 with llm_convert's default lm_head, which gives a token id instead of logits)
 # Takes about 2 minutes when the venvs are missing, 30 s after; needs ~1.5 GB in build/.
 # Environment: TESTMODEL_WORK (default build/testmodel), TORCH_WHEEL (default: the local CPU wheel in /opt/wheels, else torch==2.13.0
 # from the package index), PYTHON310 / PYTHON311 (interpreters for the two venvs).
@@ -67,7 +68,7 @@ if [[ ! -f $venv/.complete ]]; then
 fi
 
 "$work/venv-export/bin/python" "$here/tiny_llama.py" "$work/onnx"
-for mode in f16 w8bf16; do
+for mode in f16 w8bf16 f16tok; do
   bash "$here/compile.sh" "$work/venv-compile" "$work/onnx" "$work/compile-$mode" "$mode" \
     "$out/tiny_llama_$mode.bmodel"
 done

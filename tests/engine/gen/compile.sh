@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Compile the ONNX parts of tiny_llama.py into one combined BM1684X bmodel with tpu-mlir.
 #
-#   compile.sh VENV ONNX_DIR WORK_DIR MODE OUT_BMODEL        MODE: f16 | bf16 | w8bf16
+#   compile.sh VENV ONNX_DIR WORK_DIR MODE OUT_BMODEL        MODE: f16 | bf16 | w8bf16 | f16tok
+#
+# f16tok is f16 with llm_convert's default lm_head, which returns one int32 token id
+# (lm_head_token.onnx compiled under the name lm_head).
 #
 # VENV is a Python 3.10 venv holding the tpu_mlir wheel (build.sh makes it). Embeddings keep
 # half-precision outputs (--quant_output), blocks take and give half precision
@@ -16,9 +19,10 @@ out=$(realpath -m "$5")
 here=$(cd "$(dirname "$0")" && pwd)
 case $mode in
   f16) half=F16 block=F16 ;;
+  f16tok) half=F16 block=F16 head_onnx=lm_head_token ;;
   bf16) half=BF16 block=BF16 ;;
   w8bf16) half=BF16 block=W8BF16 ;;
-  *) echo "compile.sh: unknown mode $mode (f16, bf16, w8bf16)" >&2; exit 64 ;;
+  *) echo "compile.sh: unknown mode $mode (f16, bf16, w8bf16, f16tok)" >&2; exit 64 ;;
 esac
 
 export PATH="$venv/bin:$PATH"
@@ -36,7 +40,9 @@ for part in "${parts[@]}"; do
     lm_head) quantize=$half flags=(--quant_input) ;;
     *) quantize=$block flags=(--quant_input --quant_output) ;;
   esac
-  model_transform.py --model_name "$part" --model_def "$onnx_dir/$part.onnx" \
+  source_onnx=$part
+  [[ $part == lm_head ]] && source_onnx=${head_onnx:-lm_head}
+  model_transform.py --model_name "$part" --model_def "$onnx_dir/$source_onnx.onnx" \
     --mlir "$part.mlir" > "$part.transform.log" 2>&1 \
     || { tail -20 "$part.transform.log" >&2; exit 1; }
   model_deploy.py --mlir "$part.mlir" --quantize "$quantize" --chip bm1684x \

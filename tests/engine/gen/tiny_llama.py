@@ -16,6 +16,8 @@ The parts follow the LLM-TPU (2024) layout that csrc/engine.cpp runs:
   block_cache_N    hidden [1,1,H], position_ids [1,1], attention_mask [1,1,1,SEQ+1],
                    history_k/v [1,SEQ,KVH,D] -> hidden, present_k/v [1,1,KVH,D]
   lm_head          hidden [1,1,H] -> logits f32 [1,VOCAB]
+  lm_head_token    hidden [1,1,H] -> token i32 [1,1]  (llm_convert's default TopK head; compiled
+                   as lm_head into the f16tok bmodel)
 Masks hold 0 where a position may be attended and MASK_VALUE where not.
 """
 
@@ -180,6 +182,13 @@ class LmHead(nn.Module):
         return self.head(self.norm(hidden)).reshape(1, -1)
 
 
+class LmHeadToken(LmHead):
+    """llm_convert's default lm_head: the argmax on the chip, one int32 token id [1,1]."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden).topk(1).indices.to(torch.int32)
+
+
 class TinyLlama(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -243,6 +252,8 @@ def export_parts(model: TinyLlama, out: Path) -> None:
                ["hidden_states", "present_k", "present_v"], out / f"block_cache_{i}.onnx")
     export(LmHead(model.norm, model.head), (torch.zeros(1, 1, h),), ["hidden_states"],
            ["logits"], out / "lm_head.onnx")
+    export(LmHeadToken(model.norm, model.head), (torch.zeros(1, 1, h),), ["hidden_states"],
+           ["token"], out / "lm_head_token.onnx")
 
 
 def pick_prompts(model: TinyLlama, wanted: int, steps: int) -> list[dict[str, object]]:
