@@ -18,7 +18,7 @@ import shutil
 import sys
 from typing import Any
 
-from llmtpu.cli import UsageError, local_root, refuse_root_with_hosts
+from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
 from llmtpu.hosts_command import add_fleet_arguments
 
 EXIT_FAILED = 1

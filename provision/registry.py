@@ -53,7 +53,7 @@ def add_debs_source_arguments(parser: Any) -> None:
 
 def debs_source_from_args(args: Any) -> FixSources:
     """FixSources from the shared options; --debs with --mirror is a usage error."""
-    from llmtpu.cli import UsageError
+    from llmtpu.clikit import UsageError
 
     if args.debs and args.mirror:
         raise UsageError("--debs and --mirror both name where the debs come from: give one")

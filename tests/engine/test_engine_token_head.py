@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.cli import UsageError
+from llmtpu.clikit import UsageError
 from llmtpu.runtime import command, testmodel
 from llmtpu.runtime.build import BuiltEngine
 from llmtpu.runtime.chat import open_model_dir

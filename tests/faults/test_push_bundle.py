@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtpu.cli import EXIT_USAGE, main
+from llmtpu.cli import main
+from llmtpu.clikit import EXIT_USAGE
 from llmtpu.provision.bundle import (
     MANIFEST,
     PAYLOAD,

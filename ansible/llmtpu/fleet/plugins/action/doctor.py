@@ -34,7 +34,7 @@ class ActionModule(ActionBase):
         except ImportError as exc:
             raise AnsibleActionFail(f"llmtpu is not installed for the controller's Python ({exc}); "
                                     "pip install llmtpu next to ansible-core") from exc
-        from llmtpu.cli import UsageError
+        from llmtpu.clikit import UsageError
         from llmtpu.target import TargetError
 
         args = self._task.args
