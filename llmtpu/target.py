@@ -445,6 +445,7 @@ class LocalTarget(Target):
                         continue
                     link = self._link_at(fds[-1], part, exc)
                     if link is None:
+                        exc.filename = self.host_path(machine)  # the path asked for, not one name of it
                         raise
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:

@@ -293,3 +293,10 @@ def test_a_folder_that_may_only_be_searched_is_walked_like_the_kernel_does(tmp_p
     finally:
         (tmp_path / "etc").chmod(0o755)
     assert (tmp_path / "etc/conf").read_text() == "x\ny\n"
+
+
+def test_a_failed_walk_names_the_whole_path(tmp_path: Path) -> None:
+    (tmp_path / "etc").symlink_to("/elsewhere")
+    with pytest.raises(FileNotFoundError) as caught:
+        LocalTarget(str(tmp_path)).read_bytes("/etc/systemd/unit")
+    assert caught.value.filename == f"{tmp_path}/etc/systemd/unit"

@@ -143,3 +143,21 @@ def test_a_link_swapped_in_during_writes_never_leads_out(hostile: Hostile) -> No
         hostile.assert_untouched(watch)
     assert (outside_etc / "systemd/system" / UNIT_NAME).read_text() == VICTIM_TEXT
     assert (hostile.outside / "top" / "clock").read_text() == VICTIM_TEXT
+
+
+def test_undo_reads_only_the_roots_own_journal(tmp_path: Path, capsys) -> None:
+    """A journal folder linked out of the root must not hand undo someone else's records."""
+    (tmp_path / "donor").mkdir()
+    (tmp_path / "board").mkdir()
+    donor = Hostile(tmp_path / "donor", "soc-board-ok")
+    code, output = cli(capsys, "clock", "persist", "--root", str(donor.root), "--yes")
+    assert code == 0, output
+    hostile = Hostile(tmp_path / "board", "soc-board-ok")
+    os.rename(donor.root / "var/lib/llmtpu", hostile.outside / "state")  # a real record, outside
+    hostile.link("/var/lib/llmtpu", str(hostile.outside / "state"))
+    with OutsideWatch(hostile.outside) as watch:
+        undo_code, undo_output = cli(capsys, "undo", "--root", str(hostile.root), "--yes")
+        clock_code, clock_output = cli(capsys, "clock", "undo", "--root", str(hostile.root), "--yes")
+        hostile.assert_untouched(watch, undo_output, clock_output)
+    assert "nothing to undo" in undo_output and undo_code != 0
+    assert "nothing to undo" in clock_output and clock_code == 0
