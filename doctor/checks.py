@@ -165,7 +165,7 @@ class Facts:
         """The kernel log; a recorded one that is no regular file or has no line is no evidence."""
         from llmtpu.doctor.kernel_log import RECORDED, read_kernel_log
 
-        if self.target.is_sysroot and facts.safe_lstat(self.target, RECORDED) is not None:
+        if self.target.is_sysroot:  # read_kernel_log reads the path as it stands: links not allowed
             problem = facts.regular_file_problem(self.target, RECORDED)
             if problem is not None:
                 return Observed(None, RECORDED, None, problem)
@@ -752,7 +752,7 @@ def check_disk(f: Facts) -> CheckResult:
     try:
         while probe != "/" and not target.exists(probe):
             probe = probe.rsplit("/", 1)[0] or "/"
-        usage = target.disk_usage(probe)
+        usage = target.disk_usage(facts.in_root(target, probe))  # statvfs follows links: not out of a root
     except (OSError, TargetError) as exc:
         return result("disk.models", WARN, f"free space of {folder} unknown: {facts.read_problem(exc)}",
                       [Evidence(folder, facts.read_problem(exc))])
