@@ -454,8 +454,7 @@ def parse_cpuinfo_is_bm1684x(text: str) -> bool:
 
 def in_container(target: Target) -> Observed[bool]:
     for marker in ("/.dockerenv", "/run/.containerenv"):
-        st = safe_lstat(target, marker)
-        if st is not None and st.kind == "file":  # docker and podman create a plain file
+        if _read_opt(target, marker) is not None:  # docker and podman create a plain, readable file
             return Observed(True, marker, "present")
     try:
         cgroup = read_fact(target, "/proc/1/cgroup")
@@ -486,8 +485,7 @@ def machine_kind(target: Target) -> Observed[str]:
         evidence.append("/dev/bm-tpu* present")
     if sources:
         return Observed(SOC_BOARD, sources[0], "; ".join(evidence))
-    driver = safe_lstat(target, DRIVER_VERSION)
-    if driver is not None and driver.kind == "file":
+    if _read_opt(target, DRIVER_VERSION) is not None:  # read, not only seen: evidence is what was read
         sources.append(DRIVER_VERSION)
         evidence.append(f"{DRIVER_VERSION} present")
     if any(PCIE_NODE.fullmatch(n.path[5:]) for n in nodes):
