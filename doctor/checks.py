@@ -165,7 +165,7 @@ class Facts:
         """The kernel log; a recorded one that is no regular file or has no line is no evidence."""
         from llmtpu.doctor.kernel_log import RECORDED, read_kernel_log
 
-        if self.target.is_sysroot and facts.safe_lstat(self.target, RECORDED) is not None:
+        if self.target.is_sysroot:  # read_kernel_log reads the path as it stands: links not allowed
             problem = facts.regular_file_problem(self.target, RECORDED)
             if problem is not None:
                 return Observed(None, RECORDED, None, problem)
@@ -547,20 +547,24 @@ def check_heaps(f: Facts) -> CheckResult:
 
 
 def _libsophon_versions(f: Facts) -> list[tuple[str, str, str]]:
-    """(version, where read, raw) for each source that names the installed libsophon."""
+    """(version, where read, raw) for each file that names the installed libsophon."""
     found = []
     lib_name = "sophon-soc-libsophon" if f.kind.value == SOC_BOARD else "sophon-libsophon"
     package = (f.packages.value or {}).get(lib_name)
     if package is not None and package.installed:
-        found.append((package.version, f"{facts.DPKG_STATUS} {lib_name}", f"{lib_name} {package.version}"))
+        found.append((package.version, facts.DPKG_STATUS, f"{lib_name} {package.version}"))
     install = f.libsophon.value
     if install is not None and install.version:
         found.append((install.version, facts.LIBSOPHON_CURRENT, f"-> {install.prefix}"))
-    if f.kind.value == SOC_BOARD and (not found or f.target.is_sysroot):
-        bm = f.bm_version
-        if bm.value is not None and bm.value.libsophon:
-            found.append((bm.value.libsophon, bm.source, f"sophon-soc-libsophon : {bm.value.libsophon}"))
     return found
+
+
+def _bm_version(f: Facts, found: list[tuple[str, str, str]]) -> Observed[facts.BmVersion] | None:
+    """bm_version when it costs nothing (recorded in a sysroot) or the files named no version:
+    on a live board it is one more remote command."""
+    if f.kind.value != SOC_BOARD or (found and not f.target.is_sysroot):
+        return None
+    return f.bm_version
 
 
 def _sdk_release(name: str) -> dict[str, Any] | None:
@@ -585,16 +589,19 @@ def check_sdk_version(f: Facts) -> CheckResult:
         return result("sdk.version", SKIP, f"{gate.id} fails first: {gate.summary}", gate.evidence)
     e: list[Evidence] = []
     versions = _libsophon_versions(f)
-    e += [Evidence(where, raw) for _, where, raw in versions]
     sdk_note = ""
-    if kind == SOC_BOARD and f.bm_version.value is not None and f.bm_version.value.sdk:
-        sdk = f.bm_version.value.sdk
-        e.append(Evidence(f.bm_version.source, f"SophonSDK version: {sdk}"))
-        release = _sdk_release(sdk)
-        shipped = f"ships libsophon {release['libsophon']}" if release else "not in Sophgo's table"
-        sdk_note = f"SDK {sdk} ({shipped})"
-        if release and not versions:
-            versions.append((release["libsophon"], f.bm_version.source, sdk))
+    bm = _bm_version(f, versions)
+    if bm is not None and bm.value is not None:
+        if bm.value.libsophon:
+            versions.append((bm.value.libsophon, bm.source, f"sophon-soc-libsophon : {bm.value.libsophon}"))
+        if bm.value.sdk:
+            release = _sdk_release(bm.value.sdk)
+            shipped = f"ships libsophon {release['libsophon']}" if release else "not in Sophgo's table"
+            sdk_note = f"SDK {bm.value.sdk} ({shipped})"
+            e.append(Evidence(bm.source, f"SophonSDK version: {bm.value.sdk}"))
+            if release and not versions:
+                versions.append((release["libsophon"], bm.source, bm.value.sdk))
+    e += [Evidence(where, raw) for _, where, raw in versions]
     judged: list[tuple[str, str]] = []  # (version, what)
     if kind in PCIE_KINDS and f.driver.value is not None:
         e.append(ev(f.driver))
@@ -631,7 +638,8 @@ def check_sdk_version(f: Facts) -> CheckResult:
     else:
         fix = fix_install_debs()
     e.append(Evidence("rule", f"{rule['why']} [{rule['source']}]"))
-    return result("sdk.version", rule["status"], f"{described}: {what} {version} is older than "
+    prefix = f"{sdk_note}: " if sdk_note else ""
+    return result("sdk.version", rule["status"], f"{prefix}{what} {version} is older than "
                                                  f"{rule['below']} that LLM-TPU needs", e, fix)
 
 
@@ -744,7 +752,7 @@ def check_disk(f: Facts) -> CheckResult:
     try:
         while probe != "/" and not target.exists(probe):
             probe = probe.rsplit("/", 1)[0] or "/"
-        usage = target.disk_usage(probe)
+        usage = target.disk_usage(facts.in_root(target, probe))  # statvfs follows links: not out of a root
     except (OSError, TargetError) as exc:
         return result("disk.models", WARN, f"free space of {folder} unknown: {facts.read_problem(exc)}",
                       [Evidence(folder, facts.read_problem(exc))])

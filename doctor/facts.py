@@ -8,13 +8,15 @@ Formats and their sources: tests/samples/README.md and the project's facts notes
 
 from __future__ import annotations
 
+import errno
+import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Generic, TypeVar, overload
 
-from llmtpu.target import FileStat, Target, TargetError
+from llmtpu.target import DEFAULT_READ_LIMIT, FileStat, Target, TargetError
 
 T = TypeVar("T")
 
@@ -116,7 +118,7 @@ def read_problem(exc: BaseException) -> str:
 def observe(target: Target, path: str, parse: Callable[[str], T | None], what: str) -> Observed[T]:
     """Read one file and parse it; every failure becomes a problem, never an exception."""
     try:
-        raw = target.read_text(path)
+        raw = read_fact(target, path)
     except (OSError, TargetError) as exc:
         return Observed(None, path, None, read_problem(exc))
     value = parse(raw)
@@ -127,20 +129,48 @@ def observe(target: Target, path: str, parse: Callable[[str], T | None], what: s
     return Observed(value, path, _trim(raw))
 
 
+def in_root(target: Target, path: str) -> str:
+    """``path`` with every link resolved inside a sysroot, so no read follows one out of it.
+
+    On a live machine (root /) the path is what it says; a remote target answers from its
+    prefetch. A sysroot is a folder of files anyone may have planted links in.
+    """
+    return target.resolve(path) if target.is_sysroot else path
+
+
+def read_fact(target: Target, path: str, limit: int = DEFAULT_READ_LIMIT) -> str:
+    """The text of one machine file; in a sysroot only a regular file reached inside the root."""
+    if not target.is_sysroot:
+        return target.read_text(path, limit)
+    resolved = target.resolve(path)
+    st = target.lstat(resolved)
+    if st is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+    if st.kind != "file":
+        raise OSError(errno.EINVAL, f"not a regular file ({st.kind})", path)
+    return target.read_text(resolved, limit)
+
+
+def list_fact(target: Target, path: str) -> list[str]:
+    """Names in a machine folder, the folder reached inside the root."""
+    return target.listdir(in_root(target, path))
+
+
 def safe_lstat(target: Target, path: str) -> FileStat | None:
-    """lstat that treats an unreadable parent like an absent path (no evidence either way)."""
+    """lstat (of the entry itself, its folder reached inside the root); an unreadable parent is
+    like an absent path: no evidence either way."""
     try:
+        if target.is_sysroot:
+            folder, name = posixpath.split(path)
+            return target.lstat(posixpath.join(target.resolve(folder), name))
         return target.lstat(path)
     except (OSError, TargetError):
         return None
 
 
 def regular_file_problem(target: Target, path: str) -> str | None:
-    """Why ``path`` in a sysroot is no file to read (a FIFO, a folder), or None when it is one.
-
-    Only asked of sysroots: on a live machine every file a fact reads is a regular file
-    and a remote target answers this from its one prefetch anyway.
-    """
+    """Why ``path`` in a sysroot is no file to read as it stands (a link, a FIFO, a folder),
+    or None when it is a regular file reached without following any link."""
     try:
         resolved = target.resolve(path)
         st = target.lstat(resolved)
@@ -148,6 +178,8 @@ def regular_file_problem(target: Target, path: str) -> str | None:
         return read_problem(exc)
     if st is None:
         return "missing"
+    if resolved != path:
+        return f"unreadable: a link (to {resolved}); not followed"
     if st.kind != "file":
         return f"unreadable: not a regular file ({st.kind})"
     return None
@@ -284,7 +316,7 @@ def parse_heaps(text: str) -> tuple[int, ...]:
 
 def _read_opt(target: Target, path: str) -> str | None:
     try:
-        return target.read_text(path, limit=4096).strip()
+        return read_fact(target, path, limit=4096).strip()
     except (OSError, TargetError):
         return None
 
@@ -297,16 +329,14 @@ class _Reader:
         self.problems: list[str] = []
 
     def text(self, path: str) -> str | None:
-        problem = regular_file_problem(self.target, path) if self.target.is_sysroot else None
-        if problem is None:
-            try:
-                text = self.target.read_text(path, limit=4096).strip()
-            except (OSError, TargetError) as exc:
-                problem = read_problem(exc)
-            else:
-                if text:
-                    return text
-                problem = "empty file"
+        try:
+            text = read_fact(self.target, path, limit=4096).strip()
+        except (OSError, TargetError) as exc:
+            problem = read_problem(exc)
+        else:
+            if text:
+                return text
+            problem = "empty file"
         self.problems.append(f"{path}: {problem}")
         return None
 
@@ -328,7 +358,7 @@ class _Reader:
 def cards(target: Target) -> Observed[list[Card]]:
     """Every card and chip the PCIe driver lists; an empty list when /proc/bmsophon is absent."""
     try:
-        names = target.listdir(BMSOPHON)
+        names = list_fact(target, BMSOPHON)
     except FileNotFoundError:
         return Observed([], BMSOPHON, None, None)
     except (OSError, TargetError) as exc:
@@ -339,7 +369,7 @@ def cards(target: Target) -> Observed[list[Card]]:
         card_reader = _Reader(target)
         chips = []
         try:
-            chip_names = sorted(n for n in target.listdir(base) if re.fullmatch(r"bmsophon\d+", n))
+            chip_names = sorted(n for n in list_fact(target, base) if re.fullmatch(r"bmsophon\d+", n))
         except (OSError, TargetError) as exc:
             card_reader.problems.append(f"{base}: {read_problem(exc)}")
             chip_names = []
@@ -424,11 +454,10 @@ def parse_cpuinfo_is_bm1684x(text: str) -> bool:
 
 def in_container(target: Target) -> Observed[bool]:
     for marker in ("/.dockerenv", "/run/.containerenv"):
-        st = safe_lstat(target, marker)
-        if st is not None and st.kind == "file":  # docker and podman create a plain file
+        if _read_opt(target, marker) is not None:  # docker and podman create a plain, readable file
             return Observed(True, marker, "present")
     try:
-        cgroup = target.read_text("/proc/1/cgroup")
+        cgroup = read_fact(target, "/proc/1/cgroup")
     except (OSError, TargetError):
         return Observed(False, "/.dockerenv", "absent")
     inside = any(word in cgroup for word in ("docker", "containerd", "kubepods", "libpod"))
@@ -440,7 +469,7 @@ def machine_kind(target: Target) -> Observed[str]:
     evidence = []
     sources = []  # the file each piece of evidence came from, first one names the fact
     try:
-        cpuinfo = target.read_text(CPUINFO)
+        cpuinfo = read_fact(target, CPUINFO)
         if parse_cpuinfo_is_bm1684x(cpuinfo):
             sources.append(CPUINFO)
             evidence.append(f"{CPUINFO}: model name bm1684x")
@@ -456,8 +485,7 @@ def machine_kind(target: Target) -> Observed[str]:
         evidence.append("/dev/bm-tpu* present")
     if sources:
         return Observed(SOC_BOARD, sources[0], "; ".join(evidence))
-    driver = safe_lstat(target, DRIVER_VERSION)
-    if driver is not None and driver.kind == "file":
+    if _read_opt(target, DRIVER_VERSION) is not None:  # read, not only seen: evidence is what was read
         sources.append(DRIVER_VERSION)
         evidence.append(f"{DRIVER_VERSION} present")
     if any(PCIE_NODE.fullmatch(n.path[5:]) for n in nodes):
@@ -513,7 +541,7 @@ def libsophon_install(target: Target) -> Observed[LibsophonInstall]:
     link = None
     prefix = None
     try:
-        st = target.lstat(LIBSOPHON_CURRENT)
+        st = safe_lstat(target, LIBSOPHON_CURRENT)
         if st is not None and st.kind == "link":
             link = target.readlink(LIBSOPHON_CURRENT)
         resolved = target.resolve(LIBSOPHON_CURRENT)
@@ -587,7 +615,7 @@ def parse_dpkg_status(text: str) -> dict[str, DebPackage]:
 def sophon_packages(target: Target) -> Observed[dict[str, DebPackage]]:
     """Installed sophon-* debs; an empty dict when dpkg knows none (or has no status file)."""
     try:
-        text = target.read_text(DPKG_STATUS, limit=64 << 20)
+        text = read_fact(target, DPKG_STATUS, limit=64 << 20)
     except FileNotFoundError:
         return Observed({}, DPKG_STATUS, None, None)
     except (OSError, TargetError) as exc:
@@ -618,7 +646,7 @@ def soc_clocks(target: Target) -> Observed[Clocks]:
     for name in SOC_CLOCKS:
         path = f"{CLK_DEBUGFS}/{name}/clk_rate"
         try:
-            text = target.read_text(path, limit=64).strip()
+            text = read_fact(target, path, limit=64).strip()
         except (OSError, TargetError) as exc:
             problems.append(f"{path}: {read_problem(exc)}")
             continue
@@ -685,13 +713,12 @@ def ion_heap_details(target: Target) -> tuple[dict[str, IonHeap], list[str]]:
         tried = []
         for name in ("total_mem", "summary"):
             path = f"{base}/{name}"
-            problem = regular_file_problem(target, path) if target.is_sysroot else None
+            problem = None
             text = ""
-            if problem is None:
-                try:
-                    text = target.read_text(path, limit=1 << 16).strip()
-                except (OSError, TargetError) as exc:
-                    problem = read_problem(exc)
+            try:
+                text = read_fact(target, path, limit=1 << 16).strip()
+            except (OSError, TargetError) as exc:
+                problem = read_problem(exc)
             if problem is None and name == "total_mem":
                 if text.isdigit() and int(text) > 0:
                     used_text = _read_opt(target, f"{base}/alloc_mem") or ""
@@ -757,11 +784,12 @@ def persisted_clocks(target: Target) -> Observed[PersistedClocks]:
 
 def bm_version(target: Target) -> Observed[str]:
     """SoC `bm_version` output: recorded in a sysroot, run on a real board."""
-    recorded = target.recorded_output("bm_version")
-    if recorded is not None:
-        return Observed(recorded, "/_cmd/bm_version.txt", _trim(recorded))
     if target.is_sysroot:
-        return Observed(None, "bm_version", None, "not recorded in this sysroot")
+        try:
+            recorded = read_fact(target, "/_cmd/bm_version.txt")
+        except (OSError, TargetError) as exc:
+            return Observed(None, "/_cmd/bm_version.txt", None, read_problem(exc))
+        return Observed(recorded, "/_cmd/bm_version.txt", _trim(recorded))
     try:
         result = target.run(["bm_version"], timeout=10)
     except TargetError as exc:

@@ -22,7 +22,8 @@ STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
 
 #: Short column headings for the matrix, in check order.
 HEADINGS = {
-    "machine.kind": "device", "kernel.date": "kernel", "driver.date": "driver", "devices.present": "nodes",
+    "machine.kind": "device", "kernel.date": "kernel", "driver.date": "driver", "sdk.version": "sdk",
+    "chips.health": "chips", "devices.present": "nodes",
     "devices.access": "access", "libsophon.install": "libsophon", "libsophon.packages": "debs",
     "tpu.clocks": "clocks", "memory.heaps": "heaps", "memory.ram": "ram", "disk.models": "disk",
 }
@@ -32,6 +33,8 @@ NEEDS = {
     "machine.kind": "have no Sophgo device",
     "kernel.date": "need a newer SDK image",
     "driver.date": "need the driver update",
+    "sdk.version": "need a newer SDK, libsophon or driver",
+    "chips.health": "have a faulted chip",
     "devices.present": "miss device nodes",
     "devices.access": "cannot open the device nodes",
     "libsophon.install": "need libsophon installed",

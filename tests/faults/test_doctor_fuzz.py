@@ -109,32 +109,40 @@ def mutate(rng: random.Random, root: Path, outside: Path, kinds: list[str]) -> l
         if not candidates:
             break
         host = rng.choice(candidates)
-        kind = rng.choice(kinds)
-        is_file = host.is_file() and not host.is_symlink()
-        if kind in ("truncate", "garbage") and not is_file:
-            kind = "delete"
-        if kind == "chmod000" and host.is_symlink():
-            kind = "delete"
-        if kind == "chmod000":
-            host.chmod(0)
-        elif kind == "truncate":
-            data = host.read_bytes()[: rng.randint(0, max(0, host.stat().st_size - 1))]
-            host.write_bytes(data)
-            kind = "truncate" if data else "empty"  # a cut file still holds what it holds
-        elif kind == "garbage":
-            host.write_bytes(rng.randbytes(rng.randint(1, 5000)))
-        else:
-            remove(host)
-            if kind == "fifo":
-                os.mkfifo(host)
-            elif kind == "folder":
-                host.mkdir()
-            elif kind == "loop":
-                host.symlink_to(host.name)
-            elif kind == "escape":
-                host.symlink_to(str(outside) if rng.random() < 0.5 else "../" * 12 + str(outside).lstrip("/"))
+        try:
+            kind = mutate_one(rng, host, rng.choice(kinds), outside)
+        except PermissionError:  # non-root, inside a folder an earlier mutation made mode 000
+            continue
         done.append((kind, Path("/") / host.relative_to(root)))
     return done
+
+
+def mutate_one(rng: random.Random, host: Path, kind: str, outside: Path) -> str:
+    is_file = host.is_file() and not host.is_symlink()
+    if kind in ("truncate", "garbage") and not is_file:
+        kind = "delete"
+    if kind == "chmod000" and host.is_symlink():
+        kind = "delete"
+    if kind == "chmod000":
+        host.chmod(0)
+    elif kind == "truncate":
+        before = host.read_bytes()
+        data = before[: rng.randint(0, max(0, len(before) - 1))]
+        host.write_bytes(data)
+        kind = "empty" if before and not data else "truncate"  # a cut file still holds what it holds
+    elif kind == "garbage":
+        host.write_bytes(rng.randbytes(rng.randint(1, 5000)))
+    else:
+        remove(host)
+        if kind == "fifo":
+            os.mkfifo(host)
+        elif kind == "folder":
+            host.mkdir()
+        elif kind == "loop":
+            host.symlink_to(host.name)
+        elif kind == "escape":
+            host.symlink_to(str(outside) if rng.random() < 0.5 else "../" * 12 + str(outside).lstrip("/"))
+    return kind
 
 
 def remove(host: Path) -> None:
