@@ -113,3 +113,12 @@ def test_every_row_has_a_fix_that_holds_on_every_kind_of_machine(kind):
     evidence = EVIDENCE_KINDS[kind]
     for sig in load_signatures():
         assert sig.fix_for(evidence).applies(evidence) is not False, f"{sig.id} has no fix for a {kind}"
+
+
+def test_only_version_findings_make_an_image_old():
+    """A damaged libsophon or a failed smoke run asking for a reflash is no evidence of an old image."""
+    damaged = DoctorEvidence("soc-board", {"kernel.date": ("ok", None), "libsophon.install": ("fail", REFLASH),
+                                           "smoke.inference": ("fail", REFLASH), "kernel.log": ("fail", REFLASH)})
+    assert damaged.holds("image-old") is False and damaged.holds("image-recent") is True
+    old = DoctorEvidence("soc-board", {"kernel.date": ("fail", REFLASH)})
+    assert old.holds("image-old") is True
