@@ -122,3 +122,13 @@ def test_only_version_findings_make_an_image_old():
     assert damaged.holds("image-old") is False and damaged.holds("image-recent") is True
     old = DoctorEvidence("soc-board", {"kernel.date": ("fail", REFLASH)})
     assert old.holds("image-old") is True
+
+
+LOGS: list[dict[str, Any]] = tomllib.loads((HERE / "cases.toml").read_text(encoding="utf-8"))["log"]
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[entry["source"].split("/")[-1] for entry in LOGS])
+def test_whole_real_pastes_match_only_their_error_lines(log):
+    lines = log["text"].splitlines()
+    found = [[m.line_no, m.signature.id] for m in default_matcher().scan(lines)]
+    assert found == log["found"]
