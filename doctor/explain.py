@@ -31,6 +31,10 @@ SOC_BOARD, PCIE_HOST, PCIE_DOCKER = "soc-board", "pcie-host", "pcie-docker"
 #: The fix that erases the board; offered only where the doctor finds the image too old.
 REFLASH = "sdcard.flash"
 
+#: Checks whose reflash or reinstall fix is not a finding about the image's or driver's age:
+#: a damaged install, a failed inference, or the log's own errors (that would be circular).
+NOT_ABOUT_VERSIONS = frozenset({"kernel.log", "smoke.inference", "libsophon.install", "libsophon.packages"})
+
 #: What a fix's `when` may name, and how it reads to a user. Decided by DoctorEvidence.holds.
 CONDITIONS: dict[str, str] = {
     "pcie": "on a PCIe host or container",
@@ -103,7 +107,8 @@ class DoctorEvidence:
         return found[0] if found else None
 
     def _asks_for(self, fix_id: str) -> bool:
-        return any(status in ("fail", "warn") and fix == fix_id for status, fix in self.checks.values())
+        return any(status in ("fail", "warn") and fix == fix_id
+                   for check, (status, fix) in self.checks.items() if check not in NOT_ABOUT_VERSIONS)
 
     def holds(self, condition: str) -> bool | None:
         """True, False, or None when the evidence does not tell."""

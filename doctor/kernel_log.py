@@ -102,7 +102,8 @@ def doctor_evidence(f: Facts) -> DoctorEvidence:
     from llmtpu.doctor.checks import CHECKS, run_check
 
     results = [run_check(c, f) for c in CHECKS if c.id not in (CHECK_ID, "smoke.inference")]
-    return DoctorEvidence.from_results(f.kind.value, results, f.target.name)
+    origin = f"the sysroot {f.target.root}" if f.target.is_sysroot else f.target.name
+    return DoctorEvidence.from_results(f.kind.value, results, origin)
 
 
 def as_fix(fix: SignatureFix) -> Fix:

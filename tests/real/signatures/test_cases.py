@@ -113,3 +113,22 @@ def test_every_row_has_a_fix_that_holds_on_every_kind_of_machine(kind):
     evidence = EVIDENCE_KINDS[kind]
     for sig in load_signatures():
         assert sig.fix_for(evidence).applies(evidence) is not False, f"{sig.id} has no fix for a {kind}"
+
+
+def test_only_version_findings_make_an_image_old():
+    """A damaged libsophon or a failed smoke run asking for a reflash is no evidence of an old image."""
+    damaged = DoctorEvidence("soc-board", {"kernel.date": ("ok", None), "libsophon.install": ("fail", REFLASH),
+                                           "smoke.inference": ("fail", REFLASH), "kernel.log": ("fail", REFLASH)})
+    assert damaged.holds("image-old") is False and damaged.holds("image-recent") is True
+    old = DoctorEvidence("soc-board", {"kernel.date": ("fail", REFLASH)})
+    assert old.holds("image-old") is True
+
+
+LOGS: list[dict[str, Any]] = tomllib.loads((HERE / "cases.toml").read_text(encoding="utf-8"))["log"]
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[entry["source"].split("/")[-1] for entry in LOGS])
+def test_whole_real_pastes_match_only_their_error_lines(log):
+    lines = log["text"].splitlines()
+    found = [[m.line_no, m.signature.id] for m in default_matcher().scan(lines)]
+    assert found == log["found"]
