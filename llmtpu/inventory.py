@@ -108,9 +108,13 @@ class Inventory:
     groups: dict[str, Group] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    #: membership worked out once per change (fleets of thousands of hosts in many groups)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
     def group(self, name: str) -> Group:
         if name not in self.groups:
             self.groups[name] = Group(name)
+            self._cache.clear()
         return self.groups[name]
 
     def add_host(self, name: str, host_vars: Mapping[str, str], group: str | None) -> None:
@@ -119,6 +123,7 @@ class Inventory:
             members = self.group(group).hosts
             if name not in members:
                 members.append(name)
+        self._cache.clear()
 
     # -- membership and variables ---------------------------------------------------------
 
@@ -127,41 +132,89 @@ class Inventory:
         ``ungrouped`` holds exactly the hosts of no other group."""
         self.group("all")
         self.group("ungrouped")
-        for name in self.groups:
-            self._depths(name, ())
+        self._cache.clear()
+        self._refuse_loops()
         grouped = {h for g in self.groups.values() if g.name not in ("all", "ungrouped") for h in g.hosts}
         self.groups["ungrouped"].hosts = [h for h in self.hosts if h not in grouped]
+        self._cache.clear()
 
-    def _depths(self, name: str, path: tuple[str, ...]) -> None:
-        if name in path:
-            raise InventoryError(f"{self.source}: group loop {' -> '.join((*path, name))}")
-        for child in self.groups.get(name, Group(name)).children:
-            self._depths(child, (*path, name))
+    def _refuse_loops(self) -> None:
+        """Depth-first with colours: linear in groups and links, whatever the shape."""
+        state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+        def visit(name: str, path: list[str]) -> None:
+            state[name] = 1
+            path.append(name)
+            for child in self.groups[name].children if name in self.groups else ():
+                if state.get(child) == 1:
+                    loop = path[path.index(child):] + [child]
+                    raise InventoryError(f"{self.source}: group loop {' -> '.join(loop)}")
+                if child not in state:
+                    visit(child, path)
+            path.pop()
+            state[name] = 2
+
+        for name in list(self.groups):
+            if name not in state:
+                visit(name, [])
+
+    def _member_sets(self) -> dict[str, set[str]]:
+        if "members" not in self._cache:
+            sets: dict[str, set[str]] = {}
+
+            def collect(name: str) -> set[str]:
+                if name not in sets:
+                    sets[name] = set()  # a guard while visiting; loops are refused in _finish
+                    group = self.groups.get(name)
+                    found = set(group.hosts) if group else set()
+                    for child in group.children if group else ():
+                        found |= collect(child)
+                    sets[name] = found
+                return sets[name]
+
+            for name in self.groups:
+                collect(name)
+            self._cache["members"] = sets
+        members: dict[str, set[str]] = self._cache["members"]
+        return members
 
     def members(self, group: str) -> list[str]:
         """Hosts of a group and of its child groups, in inventory order."""
         if group == "all":
             return list(self.hosts)
-        seen: list[str] = []
-        stack = [group]
-        visited = set()
-        while stack:
-            name = stack.pop(0)
-            if name in visited or name not in self.groups:
-                continue
-            visited.add(name)
-            seen.extend(h for h in self.groups[name].hosts if h not in seen)
-            stack.extend(self.groups[name].children)
-        return [h for h in self.hosts if h in seen]
+        found = self._member_sets().get(group, set())
+        return [h for h in self.hosts if h in found]
 
     def groups_of(self, host: str) -> list[str]:
         """Groups the host belongs to (directly or through a child group), shallowest first."""
-        names = [g for g in self.groups if g != "all" and host in self.members(g)]
-        return sorted(names, key=lambda g: (self._depth(g), self.groups[g].priority, g))
+        if "by_host" not in self._cache:
+            by_host: dict[str, list[str]] = {}
+            for name, found in self._member_sets().items():
+                if name != "all":
+                    for member in found:
+                        by_host.setdefault(member, []).append(name)
+            self._cache["by_host"] = {
+                h: sorted(gs, key=lambda g: (self._depth(g), self.groups[g].priority, g)) for h, gs in by_host.items()}
+        return list(self._cache["by_host"].get(host, []))
 
     def _depth(self, group: str) -> int:
-        parents = [g.name for g in self.groups.values() if group in g.children]
-        return 1 + max((self._depth(p) for p in parents), default=0)
+        """Ansible's group depth: top-level groups 1, a child one more than its deepest parent."""
+        if "depth" not in self._cache:
+            parents: dict[str, list[str]] = {}
+            for g in self.groups.values():
+                for child in g.children:
+                    parents.setdefault(child, []).append(g.name)
+            depths: dict[str, int] = {}
+
+            def depth(name: str) -> int:
+                if name not in depths:
+                    depths[name] = 1  # a guard; loops are refused in _finish
+                    depths[name] = 1 + max((depth(p) for p in parents.get(name, [])), default=0)
+                return depths[name]
+
+            self._cache["depth"] = depth
+        result: int = self._cache["depth"](group)
+        return result
 
     def host_vars(self, host: str) -> dict[str, str]:
         """Ansible precedence: ``all`` < parent groups < child groups < the host's own vars."""

@@ -16,6 +16,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from typing import Any
 
 from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
@@ -68,8 +69,6 @@ def run_metrics(args: argparse.Namespace) -> int:
                              "reads only those)")
     code = 0
     if args.inventory or args.hosts:
-        import time
-
         from llmtpu.fleet import run_on_hosts
         from llmtpu.hosts_command import hosts_from_args
 

@@ -242,3 +242,13 @@ def test_hosts_and_limit_together(tmp_path: Path) -> None:
         resolve_hosts(parse_ini("h root=relative\n"), None, None, paramiko.SSHConfig())
     with pytest.raises(InventoryError, match="cannot read"):
         load_inventory(tmp_path / "missing.ini")
+
+
+def test_diamond_group_graphs_are_walked_once() -> None:
+    """40 levels of a -> {b, c} -> d: 2**40 paths, 121 groups; loop checks and membership are linear."""
+    text = "[l0]\nh\n" + "".join(f"[a{i}:children]\nl{i}\n[b{i}:children]\nl{i}\n[l{i + 1}:children]\na{i}\nb{i}\n"
+                                 for i in range(40))
+    inv = parse_ini(text, "diamond.ini")
+    assert len(inv.groups_of("h")) == 121 and inv.groups_of("h")[0] == "l40"
+    with pytest.raises(InventoryError, match="group loop l0 -> a0 -> l0"):
+        parse_ini(text + "[l0:children]\na0\n", "loop.ini")
