@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import IO, Any
+from typing import IO
 
 from llmtpu.doctor.checks import FAIL, OK, SKIP, WARN, ChipRow
 from llmtpu.doctor.report import Report
@@ -50,11 +49,6 @@ def render_human(report: Report, out: IO[str], verbose: bool = False) -> None:
     line = Text(f"verdict: {report.verdict}", style=STYLE[report.verdict])
     line.append(f"  ({counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} fail, {counts[SKIP]} skip)")
     console.print(line)
-
-
-def chips_json(rows: Sequence[ChipRow]) -> list[dict[str, Any]]:
-    """The per-chip view for ``--json`` (an additive field: schema llmtpu.doctor/1 stays)."""
-    return [asdict(row) | {"problems": list(row.problems)} for row in rows]
 
 
 def render_cards(rows: Sequence[ChipRow], out: IO[str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from llmtpu import __version__
@@ -16,8 +16,10 @@ from llmtpu.doctor.checks import (
     STATUS_ORDER,
     WARN,
     CheckResult,
+    ChipRow,
     DoctorOptions,
     Facts,
+    chip_rows,
     run_check,
 )
 from llmtpu.target import Target
@@ -38,6 +40,7 @@ class Report:
     root: str
     machine_kind: str
     results: tuple[CheckResult, ...]
+    chips: tuple[ChipRow, ...] = ()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -65,6 +68,7 @@ class Report:
             "verdict": self.verdict,
             "counts": self.counts,
             "checks": [check_json(r) for r in self.results],
+            "chips": chips_json(self.chips),
         }
 
 
@@ -82,6 +86,11 @@ def check_json(res: CheckResult) -> dict[str, Any]:
     }
 
 
+def chips_json(rows: Sequence[ChipRow]) -> list[dict[str, Any]]:
+    """The per-chip view for ``--json`` (an additive field: schema llmtpu.doctor/1 stays)."""
+    return [asdict(row) | {"problems": list(row.problems)} for row in rows]
+
+
 def run_doctor(target: Target, options: DoctorOptions, only: Sequence[str] = (),
                shared: Facts | None = None) -> Report:
     """Run the checks; pass ``shared`` to keep using the facts read (the support report does)."""
@@ -89,4 +98,5 @@ def run_doctor(target: Target, options: DoctorOptions, only: Sequence[str] = (),
     shared = shared or Facts(target, options)
     selected = [c for c in CHECKS if not only or c.id in only]
     results = tuple(run_check(c, shared) for c in selected)
-    return Report(target.name, target.root, shared.kind.value or facts.NO_DEVICE, results)
+    return Report(target.name, target.root, shared.kind.value or facts.NO_DEVICE, results,
+                  tuple(chip_rows(shared)) if not only else ())

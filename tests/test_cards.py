@@ -6,7 +6,8 @@ import io
 import json
 
 from llmtpu.doctor.checks import DoctorOptions, Facts, chip_rows
-from llmtpu.doctor.render import chips_json, render_cards
+from llmtpu.doctor.render import render_cards
+from llmtpu.doctor.report import chips_json
 from llmtpu.target import LocalTarget
 
 

@@ -178,7 +178,7 @@ def run_doctor_json(root: Path) -> tuple[int | None, str, str]:
 def per_card_view_error(root: Path) -> str | None:
     """The --cards data must survive the same trees (and read inside the root only)."""
     from llmtpu.doctor.checks import DoctorOptions, Facts, chip_rows
-    from llmtpu.doctor.render import chips_json
+    from llmtpu.doctor.report import chips_json
 
     try:
         json.dumps(chips_json(chip_rows(Facts(LocalTarget(str(root)), DoctorOptions()))))
