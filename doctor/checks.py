@@ -15,8 +15,10 @@ from typing import Any
 
 from llmtpu.data import load_toml
 from llmtpu.doctor import facts
+from llmtpu.doctor.explain import DoctorEvidence, SignatureFix, default_matcher, group_by_signature
 from llmtpu.doctor.facts import NO_DEVICE, PCIE_DOCKER, PCIE_HOST, SOC_BOARD, Observed, once
-from llmtpu.doctor.kernel_log import check_kernel_log
+from llmtpu.doctor.kernel_log import CHECK_ID as KERNEL_LOG_CHECK
+from llmtpu.doctor.kernel_log import EVIDENCE_LINES, RECORDED, scan_kernel_log
 from llmtpu.target import Target, TargetError
 
 
@@ -795,6 +797,43 @@ def check_smoke(f: Facts) -> CheckResult:
     }
     return result("smoke.inference", FAIL, outcome.message, e,
                   fixes.get(outcome.problem, Fix("none", outcome.fix)))
+
+
+# The kernel-log check: kernel_log.py reads and scans, this decides the verdict and the fix.
+
+
+def doctor_evidence(f: Facts) -> DoctorEvidence:
+    """What the other checks find on this machine: it decides which fix a known error gets."""
+    results = [run_check(c, f) for c in CHECKS if c.id not in (KERNEL_LOG_CHECK, "smoke.inference")]
+    origin = f"the sysroot {f.target.root}" if f.target.is_sysroot else f.target.name
+    return DoctorEvidence.from_results(f.kind.value, results, origin)
+
+
+def as_fix(fix: SignatureFix) -> Fix:
+    return Fix(fix.id, fix.summary, fix.commands)
+
+
+def check_kernel_log(f: Facts) -> CheckResult:
+    observed = f.kernel_log
+    if observed.value is None:
+        if observed.problem == "missing":
+            return result(KERNEL_LOG_CHECK, SKIP, f"kernel log not recorded in this sysroot ({RECORDED})",
+                          [ev(observed)])
+        return result(KERNEL_LOG_CHECK, WARN, f"kernel log not read: {observed.problem}", [ev(observed)])
+    scan = scan_kernel_log(observed.value, default_matcher())
+    if not scan.matches:
+        return result(KERNEL_LOG_CHECK, OK, f"no known error in {scan.lines} kernel-log lines "
+                                    f"({len(scan.driver_line_numbers)} from the Sophgo driver)", [ev(observed)])
+    evidence = doctor_evidence(f)
+    groups = group_by_signature(list(scan.matches))
+    failing = [sig for sig, _ in groups if sig.severity == "fail"]
+    first = failing[0] if failing else groups[0][0]
+    evidence_lines = [Evidence(f"dmesg line {m.line_no}", m.text) for m in scan.matches[:EVIDENCE_LINES]]
+    evidence_lines += [Evidence(f"also {sig.id}", f"fix {sig.fix_for(evidence).id}: {sig.fix_for(evidence).summary}")
+                       for sig, _ in groups if sig is not first]
+    names = ", ".join(sig.id for sig, _ in groups)
+    summary = f"{len(groups)} known error(s) in the kernel log: {names}. {first.id}: {first.cause}"
+    return result(KERNEL_LOG_CHECK, FAIL if failing else WARN, summary, evidence_lines, as_fix(first.fix_for(evidence)))
 
 
 CHECKS: tuple[Check, ...] = (

@@ -97,7 +97,7 @@ def doctor_evidence(args: argparse.Namespace) -> DoctorEvidence:
             raise UsageError(f"--doctor: {args.doctor}: {exc}; give the output of `llmtpu doctor --json`") from exc
     if args.root:
         from llmtpu.doctor.checks import DoctorOptions, Facts
-        from llmtpu.doctor.kernel_log import doctor_evidence as from_facts
+        from llmtpu.doctor.checks import doctor_evidence as from_facts
         from llmtpu.target import LocalTarget
 
         local_root(args.root)

@@ -14,12 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmtpu.doctor.explain import (
-    DoctorEvidence,
     Match,
     Matcher,
-    SignatureFix,
-    default_matcher,
-    group_by_signature,
     redact_line,
     redact_lines,
 )
@@ -27,7 +23,7 @@ from llmtpu.doctor.facts import Observed
 from llmtpu.target import Target, TargetError
 
 if TYPE_CHECKING:
-    from llmtpu.doctor.checks import CheckResult, Facts, Fix
+    pass
 
 CHECK_ID = "kernel.log"
 RECORDED = "/_cmd/dmesg.txt"
@@ -95,43 +91,3 @@ def scan_kernel_log(text: str, matcher: Matcher) -> KernelLogScan:
     driver = tuple(n for n, line in enumerate(lines, 1) if DRIVER_LINE.search(line.lower()))
     matches = tuple(Match(m.line_no, redact_line(m.text), m.signature) for m in matcher.scan(lines))
     return KernelLogScan(len(lines), driver, matches, tuple(lines))
-
-
-def doctor_evidence(f: Facts) -> DoctorEvidence:
-    """What the other checks find on this machine: it decides which fix a known error gets."""
-    from llmtpu.doctor.checks import CHECKS, run_check
-
-    results = [run_check(c, f) for c in CHECKS if c.id not in (CHECK_ID, "smoke.inference")]
-    origin = f"the sysroot {f.target.root}" if f.target.is_sysroot else f.target.name
-    return DoctorEvidence.from_results(f.kind.value, results, origin)
-
-
-def as_fix(fix: SignatureFix) -> Fix:
-    from llmtpu.doctor.checks import Fix
-
-    return Fix(fix.id, fix.summary, fix.commands)
-
-
-def check_kernel_log(f: Facts) -> CheckResult:
-    # checks.py imports this module to register the check, so its names are imported here.
-    from llmtpu.doctor.checks import FAIL, OK, SKIP, WARN, Evidence, ev, result
-
-    observed = f.kernel_log
-    if observed.value is None:
-        if observed.problem == "missing":
-            return result(CHECK_ID, SKIP, f"kernel log not recorded in this sysroot ({RECORDED})", [ev(observed)])
-        return result(CHECK_ID, WARN, f"kernel log not read: {observed.problem}", [ev(observed)])
-    scan = scan_kernel_log(observed.value, default_matcher())
-    if not scan.matches:
-        return result(CHECK_ID, OK, f"no known error in {scan.lines} kernel-log lines "
-                                    f"({len(scan.driver_line_numbers)} from the Sophgo driver)", [ev(observed)])
-    evidence = doctor_evidence(f)
-    groups = group_by_signature(list(scan.matches))
-    failing = [sig for sig, _ in groups if sig.severity == "fail"]
-    first = failing[0] if failing else groups[0][0]
-    evidence_lines = [Evidence(f"dmesg line {m.line_no}", m.text) for m in scan.matches[:EVIDENCE_LINES]]
-    evidence_lines += [Evidence(f"also {sig.id}", f"fix {sig.fix_for(evidence).id}: {sig.fix_for(evidence).summary}")
-                       for sig, _ in groups if sig is not first]
-    names = ", ".join(sig.id for sig, _ in groups)
-    summary = f"{len(groups)} known error(s) in the kernel log: {names}. {first.id}: {first.cause}"
-    return result(CHECK_ID, FAIL if failing else WARN, summary, evidence_lines, as_fix(first.fix_for(evidence)))

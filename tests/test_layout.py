@@ -41,3 +41,51 @@ def test_a_checkout_without_symlinks_refuses_to_build(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "this checkout lost its symlinks" in done.stdout + done.stderr
     assert not list(tmp_path.glob("dist/*.whl"))
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (function-level imports too)."""
+    import ast
+
+    modules: dict[str, Path] = {}
+    for folder, _, files in os.walk(REPO / "llmtpu", followlinks=True):
+        for file in files:
+            if file.endswith(".py"):
+                path = Path(folder) / file
+                parts = path.relative_to(REPO).with_suffix("").parts
+                modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_no_import_cycle_among_the_projects_modules() -> None:
+    graph = _project_imports()
+    assert len(graph) > 50
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for other in sorted(graph[name]):
+            assert state.get(other) != 1, "import cycle: " + " -> ".join([*path, name, other])
+            if other not in state:
+                visit(other, [*path, name])
+        state[name] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_nothing_imports_the_cli_assembler() -> None:
+    """llmtpu.cli imports every command; commands use the leaf llmtpu.clikit instead."""
+    users = sorted(m for m, deps in _project_imports().items() if "llmtpu.cli" in deps and m != "llmtpu.__main__")
+    assert users == []

@@ -5,8 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmtpu.doctor.checks import FAIL, OK, PCIE_KINDS, SKIP, SOC_BOARD, WARN, Check, DoctorOptions, Facts, run_check
-from llmtpu.doctor.kernel_log import check_kernel_log
+from llmtpu.doctor.checks import (
+    FAIL,
+    OK,
+    PCIE_KINDS,
+    SKIP,
+    SOC_BOARD,
+    WARN,
+    Check,
+    DoctorOptions,
+    Facts,
+    check_kernel_log,
+    run_check,
+)
 from llmtpu.target import CommandResult, LocalTarget, TargetError
 
 PCIE_DMESG = """\
