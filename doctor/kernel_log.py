@@ -11,19 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from llmtpu.doctor.explain import (
-    Match,
-    Matcher,
-    redact_line,
-    redact_lines,
-)
+from llmtpu.doctor.explain import Match, Matcher, redact_line, redact_lines
 from llmtpu.doctor.facts import Observed
 from llmtpu.target import Target, TargetError
-
-if TYPE_CHECKING:
-    pass
 
 CHECK_ID = "kernel.log"
 RECORDED = "/_cmd/dmesg.txt"
