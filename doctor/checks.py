@@ -232,9 +232,25 @@ def fix_install_debs() -> Fix:
                _dfss_debs_commands())
 
 
-def fix_libsophon_in_docker() -> Fix:
-    commands = tuple(c for c in _dfss_debs_commands() if "apt remove" not in c)
-    return Fix("debs.install", "install libsophon inside the container (LLM-TPU FAQ Q2)", commands)
+def fix_libsophon_in_docker(f: Facts) -> Fix:
+    """Only libsophon and -dev go into a container, of the release of the host's loaded driver
+    (Sophgo's libsophon docker guide; LLM-TPU FAQ Q2): the same rule debs.install follows."""
+    sources = load_toml("llmtpu.provision", "sources.toml")
+    driver = f.driver.value
+    release = driver.version if driver else sources["defaults"]["debs"]
+    debs = sources["debs"].get(release)
+    if debs is None:
+        return Fix("debs.install", f"install sophon-libsophon and -dev {release} (the host driver's release) inside "
+                   "the container (LLM-TPU FAQ Q2)",
+                   (f"# llmtpu knows no download of libsophon {release}: put its debs in a folder, then",
+                    "llmtpu doctor --fix --debs DIR"))
+    prefix = sources["dfss"]["prefix"]
+    return Fix("debs.install", f"install sophon-libsophon and -dev {release} (the host driver's release) inside "
+               "the container (LLM-TPU FAQ Q2)",
+               ("pip3 install dfss",
+                *(f"python3 -m dfss --url={prefix}{debs[part]}" for part in ("libsophon", "libsophon-dev")),
+                "sudo dpkg -i sophon-libsophon*.deb",
+                "source /etc/profile"))
 
 
 def fix_reflash_soc() -> Fix:
@@ -402,7 +418,7 @@ def check_libsophon(f: Facts) -> CheckResult:
             "libsophon.install", FAIL,
             "no libsophon in this container: the runtime will print "
             "'open file .../libbm1684x_kernel_module.so error!!' (LLM-TPU FAQ Q2)",
-            e + [Evidence("missing", " ".join(missing))], fix_libsophon_in_docker())
+            e + [Evidence("missing", " ".join(missing))], fix_libsophon_in_docker(f))
     fix = fix_reflash_soc() if f.kind.value == SOC_BOARD else fix_install_debs()
     return result("libsophon.install", FAIL, f"libsophon incomplete, missing: {' '.join(missing)}",
                   e + [Evidence("missing", " ".join(missing))], fix)
@@ -767,6 +783,21 @@ def check_disk(f: Facts) -> CheckResult:
     return result("disk.models", OK, f"{usage.free >> 20} MiB free at {probe} for {model.name}", e)
 
 
+def _runtime_fix(f: Facts, message: str) -> Fix:
+    """A runtime that does not load: the known error's fix chosen by this machine's evidence (a
+    reflash only where the image is old), else reinstalling the runtime."""
+    evidence = doctor_evidence(f)
+    known = default_matcher().scan(message.splitlines())
+    if known:
+        return as_fix(known[0].signature.fix_for(evidence))
+    if f.kind.value != SOC_BOARD:
+        return fix_install_debs()
+    if evidence.holds("image-old"):
+        return fix_reflash_soc()
+    return Fix("none", "the SDK image is recent: give the folder holding libbmrt.so with --lib-dir "
+               "(/opt/sophon/libsophon-current/lib on the board), or see the libsophon check")
+
+
 def check_smoke(f: Facts) -> CheckResult:
     """A real generation through bmruntime: the only check that sees "!!!" output or a hung chip."""
     options = f.options
@@ -792,7 +823,7 @@ def check_smoke(f: Facts) -> CheckResult:
         return result("smoke.inference", FAIL, outcome.message, e, fix_downclock())
     fixes = {
         "timeout": Fix("reboot", outcome.fix, ("bm-smi   # look for a faulted chip", "sudo reboot")),
-        "no_runtime": fix_reflash_soc() if f.kind.value == SOC_BOARD else fix_install_debs(),
+        "no_runtime": _runtime_fix(f, outcome.message),
         "not_built": Fix("engine.build", outcome.fix, ("llmtpu engine build",)),
     }
     return result("smoke.inference", FAIL, outcome.message, e,

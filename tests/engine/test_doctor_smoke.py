@@ -54,8 +54,11 @@ def test_corrupted_bmodel_fails_with_a_bad_model_fix(built_engine: BuiltEngine, 
 def test_missing_runtime_points_at_the_libsophon_fix(built_engine: BuiltEngine, tmp_path: Path) -> None:
     pcie = smoke(DoctorOptions(smoke=True, engine=built_engine.binary, lib_dir=str(tmp_path)), "pcie-host-ok")
     assert pcie.status == "fail" and pcie.fix is not None and pcie.fix.id == "debs.install"
+    # a reflash erases the eMMC: offered only where the image is too old (issue 12 item 3)
     soc = smoke(DoctorOptions(smoke=True, engine=built_engine.binary, lib_dir=str(tmp_path)), "soc-board-ok")
-    assert soc.fix is not None and soc.fix.id == "sdcard.flash"
+    assert soc.fix is not None and soc.fix.id != "sdcard.flash", soc.fix
+    old = smoke(DoctorOptions(smoke=True, engine=built_engine.binary, lib_dir=str(tmp_path)), "soc-board-old-kernel")
+    assert old.fix is not None and old.fix.id == "sdcard.flash", old.fix
 
 
 def test_engine_that_never_answers_is_a_timeout_with_the_reboot_fix(tmp_path: Path) -> None:
