@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
 import shutil
 import subprocess
@@ -200,10 +201,13 @@ class Cancel:
 
 
 class Deadline:
-    """Kills a process that outlives its step; ``expired`` then says why it died."""
+    """Kills a process that outlives its step, and the board's ControlMaster (which holds the step's
+    pipes open while the board never answers); ``expired`` then says why they died."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], seconds: float) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], seconds: float,
+                 master: subprocess.Popen[bytes] | None = None) -> None:
         self.proc = proc
+        self.master = master
         self.expired = False
         self.timer = threading.Timer(seconds, self.expire)
         self.timer.daemon = True
@@ -211,6 +215,8 @@ class Deadline:
     def expire(self) -> None:
         self.expired = True
         kill_quietly(self.proc)
+        if self.master is not None:
+            kill_quietly(self.master)
 
     def __enter__(self) -> Deadline:
         self.timer.start()
@@ -329,7 +335,7 @@ class Session:
         seconds = self.deadline(nbytes)
         proc = self.spawn(what, script, args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            with Deadline(proc, seconds) as deadline:
+            with Deadline(proc, seconds, self.master) as deadline:
                 out, err = proc.communicate(stdin)
         finally:
             self.reap(proc)
@@ -346,7 +352,7 @@ class Session:
             proc = self.spawn(what, script, args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
             assert proc.stdin is not None
             try:
-                with Deadline(proc, seconds) as deadline:
+                with Deadline(proc, seconds, self.master) as deadline:
                     try:
                         feed(proc.stdin.fileno())
                         proc.stdin.close()
@@ -360,6 +366,19 @@ class Session:
         if code != 0:
             self.judge(what, deadline, seconds)
             raise explain(self.board, what, message)
+
+
+def read_available(fd: int, seconds: float) -> bytes:
+    """What a pipe holds until EOF, for at most ``seconds``: the ControlMaster may keep it open."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while len(data) < 1 << 16:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -402,7 +421,7 @@ class BoardLock:
         seconds = self.session.deadline()
         lines: list[str] = []
         complete = False
-        with Deadline(self.proc, seconds) as deadline:
+        with Deadline(self.proc, seconds, self.session.master) as deadline:
             answer = self.proc.stdout.readline().strip()
             if answer == b"locked":
                 for raw in self.proc.stdout:
@@ -411,8 +430,8 @@ class BoardLock:
                         complete = True
                         break
                     lines.append(line)
-            stderr = b"" if complete else self.proc.stderr.read(1 << 16)
         if not complete:
+            stderr = b"" if deadline.expired else read_available(self.proc.stderr.fileno(), 5)
             self.release()
             self.session.judge(what, deadline, seconds)
             if answer == b"busy":
@@ -541,7 +560,7 @@ RESUME = r'cd -- "$1/$2" && if [ -L "$3" ] || [ ! -f "$3" ]; then exit 71; fi &&
 #: stdin is "SHA256 *./PATH" per file, sorted bytewise. Names hold no control characters (bundle verify).
 #: The hash is `openssl dgst` where the board has a working one (several times faster than
 #: sha256sum, files spread over the board's cores), else `sha256sum -c`; a mismatch is named by
-#: `sha256sum -c` either way.
+#: `sha256sum -c` either way. The files' fsync runs while they are hashed, and ends before the flip.
 VERIFY_AND_FLIP = GUARD + r"""
 set -e
 dest=$1 staging=$2 release=$3 list=$4 links=$5
@@ -553,6 +572,15 @@ started=$(date +%s.%N)
 cd -- "$staging"
 cat > .llmtpu/expected
 printf '%s' "$list" | tr '\n' '\0' > .llmtpu/list
+printf '%s' "$links" | tr '\n' '\0' | xargs -0 -r -n 2 sh -c 'mkdir -p -- "$(dirname -- "$1")" && ln -sfn -- "$0" "$1"'
+for group in "$@"; do
+  mode=${group%%"
+"*}
+  printf '%s' "${group#*"
+"}" | tr '\n' '\0' | xargs -0 -r chmod -- "$mode"
+done
+{ xargs -0 -r sync -- < .llmtpu/list 2>/dev/null || sync; } >/dev/null 2>&1 &
+flushing=$!
 empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 if [ "$(printf '' | openssl dgst -sha256 -r 2>/dev/null)" = "$empty *stdin" ]; then
   printf '%s' "$list" | sed 's|^|./|' | tr '\n' '\0' |
@@ -565,18 +593,10 @@ if [ "$(printf '' | openssl dgst -sha256 -r 2>/dev/null)" = "$empty *stdin" ]; t
 elif sha256sum -c --quiet --strict .llmtpu/expected; then echo "@hash sha256sum"
 else echo "@mismatch"; exit 72
 fi
+echo "@verify $started $(date +%s.%N)"
+wait "$flushing"
 rm -f .llmtpu/expected .llmtpu/got
 cd -- "$dest"
-echo "@verify $started $(date +%s.%N)"
-printf '%s' "$links" | tr '\n' '\0' | (cd -- "$staging" && xargs -0 -r -n 2 sh -c '
-  mkdir -p -- "$(dirname -- "$1")" && ln -sfn -- "$0" "$1"')
-for group in "$@"; do
-  mode=${group%%"
-"*}
-  printf '%s' "${group#*"
-"}" | (cd -- "$staging" && tr '\n' '\0' | xargs -0 -r chmod -- "$mode")
-done
-(cd -- "$staging" && xargs -0 -r sync -- < .llmtpu/list) || sync
 mv -T -- "$staging" "$release"
 release_of current; old=$r
 new_link "$release" .current.new current

@@ -290,3 +290,17 @@ def test_links_planted_inside_staging_or_the_live_release_are_never_followed(ssh
     assert (etc / "passwd").read_text().startswith("root:x") and os.stat(etc / "run.sh").st_nlink == 1
     assert (live(board) / "deploy" / "run.sh").read_text() == "#!/bin/sh\necho run\n"
     assert not (live(board) / "deploy").is_symlink()
+
+
+def test_a_board_that_hangs_in_a_later_step_times_out_too(sshd_farm, tmp_path: Path) -> None:
+    """The lock is taken, files are sent, then the verify never answers: that step's deadline fails it."""
+    hang_verify = ('ForceCommand case "$SSH_ORIGINAL_COMMAND" in *"dgst -sha256"*) exec sleep 600 ;; '
+                   '*) eval "$SSH_ORIGINAL_COMMAND" ;; esac\n')
+    board = sshd_farm.add("hangs-late", extra_config=hang_verify)
+    started = time.monotonic()
+    try:
+        result = push(sshd_farm, board, make_bundle(tmp_path, big=1 << 16), timeout=3)
+    finally:
+        kill_sessions(board)
+    assert result.status == "failed" and "timed out after 3 s while verifying" in result.message, result.message
+    assert time.monotonic() - started < 60 and not live(board).exists()
