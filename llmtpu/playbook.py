@@ -31,8 +31,9 @@ STEP_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "doctor": (frozenset(), frozenset({"checks", "require", "smoke"})),
     # step the TPU clock down until the smoke test is correct; `persist` keeps it across reboots
     "clock-search": (frozenset(), frozenset({"tpll_mhz", "persist"})),
-    # push an offline bundle to this host over SSH (llmtpu push), verified and switched atomically
-    "push": (frozenset({"bundle"}), frozenset({"dest", "checksum"})),
+    # push an offline bundle to this host over SSH (llmtpu push), verified and switched atomically;
+    # `timeout` bounds each remote step in seconds (default 60)
+    "push": (frozenset({"bundle"}), frozenset({"dest", "checksum", "timeout"})),
     # apply the fix operation each named failing check points to
     "fix": (frozenset({"checks"}), frozenset()),
     # apply one operation by id with arguments
@@ -402,7 +403,13 @@ class PlayRunner:
         from pathlib import Path
 
         from llmtpu.provision.bundle import BundleError
-        from llmtpu.provision.push import DEFAULT_DEST, BoardPush, board_for_target, verified_manifest
+        from llmtpu.provision.push import (
+            DEFAULT_DEST,
+            BoardPush,
+            board_for_target,
+            cancel_on_signals,
+            verified_manifest,
+        )
 
         bundle = Path(self.value(step, "bundle"))
         dest = str(self.value(step, "dest")) if "dest" in step.args else DEFAULT_DEST
@@ -415,7 +422,12 @@ class PlayRunner:
             return StepOutcome(step.id, "planned", (
                 f"push {bundle} ({len(manifest.files)} files, digest {manifest.digest[:12]}) to {board.name}:{dest}; "
                 "only what differs is sent, verified on the board, then switched atomically",))
-        result = BoardPush(board, bundle, manifest, dest, checksum=bool(step.args.get("checksum"))).run()
+        timeout = float(step.args.get("timeout", 60))
+        with cancel_on_signals() as cancel:  # SIGTERM too: ssh processes and temp folders go
+            result = BoardPush(board, bundle, manifest, dest, checksum=bool(step.args.get("checksum")),
+                               timeout=timeout, cancel=cancel).run()
+        if result.status == "interrupted":
+            raise KeyboardInterrupt(f"push to {board.name} interrupted; run the playbook again to resume it")
         if result.status not in ("deployed", "unchanged"):
             raise StepFailed(f"push to {board.name}: {result.message}")
         return StepOutcome(step.id, "done", (f"{result.status}: {result.message}",))

@@ -29,13 +29,15 @@ import re
 import select
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -729,6 +731,23 @@ def path_list(entries: Sequence[FileEntry]) -> bytes:
 
 def mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MiB"
+
+
+@contextmanager
+def cancel_on_signals() -> Iterator[Cancel]:
+    """SIGINT and SIGTERM cancel the pushes in flight (their ssh processes stop, temp folders go)
+    instead of killing llmtpu mid-way; the handlers are restored afterwards. Off the main thread
+    (where no handler can be set) a plain Cancel."""
+    if threading.current_thread() is not threading.main_thread():
+        yield Cancel()
+        return
+    cancel = Cancel(detached=True)
+    previous = {sig: signal.signal(sig, lambda *_: cancel.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class BoardPush:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,24 +132,6 @@ class RichProgress:
         self.progress.update(self.task(board), phase=text)
 
 
-@contextmanager
-def interrupts() -> Iterator[Any]:
-    """SIGINT and SIGTERM cancel the pushes in flight (their ssh processes stop, temp folders go)
-    instead of killing llmtpu mid-way; the handlers are restored afterwards."""
-    from llmtpu.provision.push import Cancel
-
-    if threading.current_thread() is not threading.main_thread():
-        yield Cancel()
-        return
-    cancel = Cancel(detached=True)
-    previous = {sig: signal.signal(sig, lambda *_: cancel.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield cancel
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def announce(result: Any) -> None:
     """One line on stderr per board as soon as it is done, so a slow board never hides the others."""
     print(f"{result.board}: {result.status} {result.release or result.message}".rstrip(), file=sys.stderr,
@@ -171,14 +149,14 @@ def finish(results: list[Any], ok: bool) -> int:
 
 def run_push(args: argparse.Namespace) -> int:
     from llmtpu.provision.bundle import BundleError
-    from llmtpu.provision.push import push_fleet, verified_manifest
+    from llmtpu.provision.push import cancel_on_signals, push_fleet, verified_manifest
 
     boards = boards_from(args)
     if not args.bundle.is_dir():
         raise UsageError(f"{args.bundle}: not a bundle folder; build one with `llmtpu bundle create`")
     try:
         manifest = verified_manifest(args.bundle)
-        with interrupts() as cancel:
+        with cancel_on_signals() as cancel:
             if args.json:
                 results = push_fleet(args.bundle, boards, args.dest, args.parallel, None, args.checksum, args.timeout,
                                      cancel, announce)
@@ -206,10 +184,10 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    from llmtpu.provision.push import rollback_fleet
+    from llmtpu.provision.push import cancel_on_signals, rollback_fleet
 
     boards = boards_from(args)
-    with interrupts() as cancel:
+    with cancel_on_signals() as cancel:
         results = rollback_fleet(boards, args.dest, args.parallel, args.timeout, cancel, announce)
     ok = all(r.status == "rolled-back" for r in results)
     if args.json:
