@@ -4,16 +4,17 @@
 //   1. find bmruntime at run time (dlopen libbmlib + libbmrt from --lib-dir)
 //   2. load the bmodel; describe its networks and decide the layout from the description
 //      (embedding, embedding_cache, block_N, block_cache_N, lm_head; the layer count is how many
-//      block_cache_N there are); other layouts are refused by name (ChatGLM, GPT-BigCode,
-//      multi-device, vision)
+//      block_cache_N there are): Llama-style or ChatGLM; other layouts are refused by name
+//      (GPT-BigCode, multi-device, vision)
 //   3. allocate device buffers once: hidden states, masks, positions, and the KV cache
 //   4. answer requests on stdin, one line each (see PROTOCOL below): prefill the prompt through
 //      every block_N (which writes the KV cache), then decode one token at a time through
-//      block_cache_N (which reads the cache; the new K/V row is copied into it)
+//      block_cache_N (which reads the cache; the new K/V row is copied into it, or, ChatGLM,
+//      the network returns the whole shifted cache)
 //
 // PROTOCOL (protocol 1). stdout carries only protocol lines; anything the libraries print goes
 // to stderr. On start the engine prints either
-//   ready protocol=1 layers=L seq=S hidden=H head=logits vocab=V dtype=f16 load_ms=X
+//   ready protocol=1 layout=llama|chatglm layers=L seq=S hidden=H head=logits vocab=V dtype=f16 load_ms=X
 //   (head=token, and no vocab, when lm_head returns a token id: llm_convert's default)
 // or one `error KIND message` line and exits non-zero. Then, per request line on stdin:
 //   generate ids=1,2,3 max_new=8 [temperature=0] [top_p=1] [seed=0] [stop=2,3]
@@ -317,7 +318,17 @@ struct NetDesc {
   std::vector<TensorDesc> inputs, outputs;
 };
 
+// The two layout families the engine runs. Llama-style (LLM-TPU's Llama2/Qwen/Qwen1.5/Qwen2
+// demos, llm_convert): batch-first [1,SEQ,...] tensors, the KV cache filled from row 0, and
+// block_cache_N returns only the new K/V row. ChatGLM2/3 (LLM-TPU's models/ChatGLM3):
+// sequence-first [SEQ,1,...] tensors, the cache kept right-aligned (newest row last) with a
+// left-padded decode mask, and block_cache_N returns the whole cache shifted by one row.
+enum class Family { kLlama, kChatGlm };
+
+static const char* family_name(Family f) { return f == Family::kLlama ? "llama" : "chatglm"; }
+
 struct Layout {
+  Family family = Family::kLlama;
   int layers = 0, seq = 0, hidden = 0;
   int vocab = 0;            // 0 when lm_head gives a token id: the vocabulary is not visible
   bool token_head = false;  // lm_head returns one int32 token id (llm_convert without --do_sample)
@@ -342,8 +353,10 @@ struct Model {
   // Device buffers, allocated once. Hidden states ping-pong between two buffers across layers.
   bm::DeviceMem ids, prefill_hidden[2], prefill_positions, prefill_mask;
   bm::DeviceMem token_id, decode_hidden[2], decode_positions, decode_mask;
-  bm::DeviceMem new_k, new_v, logits;
-  std::vector<bm::DeviceMem> k_cache, v_cache;  // one per layer: [1, SEQ, kv_heads, head_dim]
+  bm::DeviceMem new_k, new_v, logits;  // new_k/new_v: Llama's one new row
+  std::vector<bm::DeviceMem> k_cache, v_cache;  // one per layer: SEQ rows of [kv_heads, head_dim]
+  std::vector<bm::DeviceMem> k_spare, v_spare;  // ChatGLM: where block_cache_N writes the shifted
+                                                // cache; it then swaps with k_cache/v_cache
   size_t kv_row_bytes = 0;                      // bytes of one position in a cache
   std::vector<bm::DeviceMem> allocated;         // everything to free at exit
 };
@@ -433,10 +446,6 @@ static bool refuse_other_layouts(const std::vector<NetDesc>& nets, std::string* 
     if (n >= 2 && block->inputs[1].shape.num_dims == 2 && block->inputs[1].shape.dims[0] == 3)
       return refuse(error, "vision model (position ids " + shape_text(block->inputs[1].shape) +
                                ", multimodal RoPE): not supported by llmtpu's engine");
-    bm::Shape states = block->inputs.empty() ? bm::Shape{} : block->inputs[0].shape;
-    if (states.num_dims == 3 && states.dims[0] > 1 && states.dims[1] == 1)
-      return refuse(error, "ChatGLM layout (sequence-first block input " + shape_text(states) +
-                               ", ChatGLM2/3): not supported by llmtpu's engine yet");
   }
   const NetDesc* embedding = find_desc(nets, "embedding");
   if (embedding && !find_desc(nets, "embedding_cache") &&
@@ -475,9 +484,11 @@ static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std:
   const NetDesc& embedding_cache = *find_desc(nets, "embedding_cache");
   const NetDesc& lm_head = *find_desc(nets, "lm_head");
   const bm::Shape& states = block.inputs[0].shape;
-  if (states.num_dims != 3 || states.dims[0] != 1)
-    return refuse(error, tensor_text(block, true, 0) + " is not [1,SEQ,H]");
-  const int seq = states.dims[1], hidden = states.dims[2];
+  const bool sequence_first = states.num_dims == 3 && states.dims[0] > 1 && states.dims[1] == 1;
+  if (states.num_dims != 3 || (states.dims[0] != 1 && !sequence_first))
+    return refuse(error, tensor_text(block, true, 0) + " is neither [1,SEQ,H] nor [SEQ,1,H]");
+  const Family family = sequence_first ? Family::kChatGlm : Family::kLlama;
+  const int seq = sequence_first ? states.dims[0] : states.dims[1], hidden = states.dims[2];
   const size_t n = static_cast<size_t>(seq);
   // Each input whose size the engine fills, against what SEQ and H make it.
   struct Expect {
@@ -508,11 +519,22 @@ static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std:
                                dtype_name(e.net->inputs[e.input].dtype) +
                                "; this engine feeds int32 token ids and positions");
   }
-  for (int k = 3; k <= 4; k++) {  // history_k/v [1, SEQ, ...]: the cache the engine keeps
+  for (int k = 3; k <= 4; k++) {  // history_k/v: the cache the engine keeps
     const bm::Shape& history = cache.inputs[k].shape;
-    if (history.num_dims < 3 || history.dims[0] != 1 || history.dims[1] != seq)
-      return refuse(error, tensor_text(cache, true, k) + " is not [1,SEQ,...] with SEQ " +
-                               std::to_string(seq));
+    const int batch_axis = family == Family::kLlama ? 0 : 1, seq_axis = 1 - batch_axis;
+    if (history.num_dims < 3 || history.dims[batch_axis] != 1 || history.dims[seq_axis] != seq)
+      return refuse(error, tensor_text(cache, true, k) + " is not " +
+                               (family == Family::kLlama ? "[1,SEQ,...]" : "[SEQ,1,...]") +
+                               " with SEQ " + std::to_string(seq));
+    // What block_N writes (the prefill's K/V) and what block_cache_N gives back: one new row
+    // (Llama), or the whole cache shifted (ChatGLM).
+    const size_t cache_elements = shape_elements(history);
+    const size_t returned = family == Family::kLlama ? cache_elements / n : cache_elements;
+    if (shape_elements(block.outputs[k - 2].shape) != cache_elements ||
+        shape_elements(cache.outputs[k - 2].shape) != returned)
+      return refuse(error, tensor_text(block, false, k - 2) + " / " +
+                               tensor_text(cache, false, k - 2) + " do not fit the cache " +
+                               shape_text(history) + " of a " + family_name(family) + " layout");
   }
   for (int i = 1; i < layers; i++) {  // every layer must fit the buffers of layer 0
     for (const auto& [first, other] :
@@ -526,6 +548,7 @@ static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std:
       }
     }
   }
+  layout->family = family;
   layout->layers = layers;
   layout->seq = seq;
   layout->hidden = hidden;
@@ -537,7 +560,8 @@ static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std:
 
 // The ready line's description of a layout. A token head reports no vocab: it is not visible.
 static std::string layout_fields(const Layout& layout) {
-  std::string text = "layers=" + std::to_string(layout.layers) + " seq=" +
+  std::string text = std::string("layout=") + family_name(layout.family) +
+                     " layers=" + std::to_string(layout.layers) + " seq=" +
                      std::to_string(layout.seq) + " hidden=" + std::to_string(layout.hidden);
   text += layout.token_head ? " head=token" : " head=logits vocab=" + std::to_string(layout.vocab);
   return text + " dtype=" + dtype_name(layout.hidden_dtype);
@@ -667,6 +691,8 @@ static bool inspect_model(Model* m, std::string* error) {
   return true;
 }
 
+static bool upload(Model* m, bm::DeviceMem dst, const void* data, size_t bytes, std::string* error);
+
 static bool allocate_buffers(Model* m, std::string* error) {
   const bm::NetInfo* block = m->blocks[0].info;
   const bm::NetInfo* cache = m->blocks_cache[0].info;
@@ -680,14 +706,26 @@ static bool allocate_buffers(Model* m, std::string* error) {
             allocate(m, cache->max_input_bytes[0], &m->decode_hidden[1]) &&
             allocate(m, cache->max_input_bytes[1], &m->decode_positions) &&
             allocate(m, cache->max_input_bytes[2], &m->decode_mask) &&
-            allocate(m, cache->max_output_bytes[1], &m->new_k) &&
-            allocate(m, cache->max_output_bytes[2], &m->new_v) &&
             allocate(m, m->lm_head.info->max_output_bytes[0], &m->logits);
+  const bool chatglm = m->layout.family == Family::kChatGlm;
+  if (ok && !chatglm)
+    ok = allocate(m, cache->max_output_bytes[1], &m->new_k) &&
+         allocate(m, cache->max_output_bytes[2], &m->new_v);
+  const int copies = chatglm ? 2 : 1;
   m->k_cache.resize(m->layout.layers);
   m->v_cache.resize(m->layout.layers);
+  m->k_spare.resize(chatglm ? m->layout.layers : 0);
+  m->v_spare.resize(chatglm ? m->layout.layers : 0);
+  // Zeroed once: rows no mask lets through must still be finite numbers (0 * NaN is NaN).
+  std::vector<uint8_t> zeros(cache->max_input_bytes[3], 0);
   for (int i = 0; ok && i < m->layout.layers; i++) {
-    ok = allocate(m, cache->max_input_bytes[3], &m->k_cache[i]) &&
-         allocate(m, cache->max_input_bytes[4], &m->v_cache[i]);
+    for (int c = 0; ok && c < copies; c++) {
+      bm::DeviceMem* k = c == 0 ? &m->k_cache[i] : &m->k_spare[i];
+      bm::DeviceMem* v = c == 0 ? &m->v_cache[i] : &m->v_spare[i];
+      ok = allocate(m, cache->max_input_bytes[3], k) && allocate(m, cache->max_input_bytes[4], v) &&
+           upload(m, *k, zeros.data(), zeros.size(), error) &&
+           upload(m, *v, zeros.data(), zeros.size(), error);
+    }
   }
   if (!ok) *error = "cannot allocate device memory for the hidden states and KV cache";
   return ok;
@@ -763,10 +801,23 @@ static bool read_token_id(Model* m, int32_t* id, std::string* error) {
   return false;
 }
 
-// Prefill: the whole prompt through embedding and every block_N; fills the KV cache rows
-// 0..n-1 and leaves the last prompt position's logits in m->logits.
+static bool copy_rows(Model* m, bm::DeviceMem dst, size_t dst_row, bm::DeviceMem src, size_t src_row,
+                      size_t rows, std::string* error) {
+  size_t row = m->kv_row_bytes;
+  if (m->rt->memcpy_d2d_byte(m->handle, dst, dst_row * row, src, src_row * row, rows * row) ==
+      bm::kSuccess)
+    return true;
+  *error = "copy of K/V rows inside the cache failed";
+  return false;
+}
+
+// Prefill: the whole prompt through embedding and every block_N, which gives the K/V of
+// positions 0..n-1; leaves the last prompt position's logits in m->logits.
+// Llama: block_N writes them straight into the cache (rows 0..n-1).
+// ChatGLM: block_N writes them into the spare copy; they are moved to the cache's last n rows.
 static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* error) {
   const int seq = m->layout.seq, n = static_cast<int>(prompt.size());
+  const bool chatglm = m->layout.family == Family::kChatGlm;
   std::vector<int32_t> ids(seq, 0), positions(seq, 0);
   std::vector<float> mask(static_cast<size_t>(seq) * seq, kMaskValue);
   for (int i = 0; i < n; i++) {
@@ -782,9 +833,13 @@ static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* e
     return false;
   int current = 0;
   for (int i = 0; i < m->layout.layers; i++) {
-    // block_N writes its past_k/past_v straight into this layer's KV cache.
+    bm::DeviceMem k = chatglm ? m->k_spare[i] : m->k_cache[i];
+    bm::DeviceMem v = chatglm ? m->v_spare[i] : m->v_cache[i];
     if (!launch(m, m->blocks[i], {m->prefill_hidden[current], m->prefill_positions, m->prefill_mask},
-                {m->prefill_hidden[1 - current], m->k_cache[i], m->v_cache[i]}, error))
+                {m->prefill_hidden[1 - current], k, v}, error))
+      return false;
+    if (chatglm && (!copy_rows(m, m->k_cache[i], seq - n, k, 0, n, error) ||
+                    !copy_rows(m, m->v_cache[i], seq - n, v, 0, n, error)))
       return false;
     current = 1 - current;
   }
@@ -794,12 +849,15 @@ static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* e
 }
 
 // Decode: one token at position `position` through embedding_cache and every block_cache_N,
-// which attend to cache rows 0..position-1 plus the token itself; its K/V become row
-// `position` of the cache.
+// which attend to the `position` cached rows plus the token itself.
+// Llama: the cached rows are 0..position-1; the token's K/V row is copied to row `position`.
+// ChatGLM: they are the last `position` rows; block_cache_N writes the whole cache shifted by
+// one row (the token's K/V last) into the spare copy, which then becomes the cache.
 static bool decode(Model* m, int32_t token, int position, std::string* error) {
   const int seq = m->layout.seq;
+  const bool chatglm = m->layout.family == Family::kChatGlm;
   std::vector<float> mask(seq + 1, kMaskValue);
-  for (int j = 0; j < position; j++) mask[j] = 0.0f;
+  for (int j = 0; j < position; j++) mask[chatglm ? seq - position + j : j] = 0.0f;
   mask[seq] = 0.0f;  // the last slot is the new token itself
   const Net& cache0 = m->blocks_cache[0];
   int32_t position_id = position;
@@ -810,17 +868,18 @@ static bool decode(Model* m, int32_t token, int position, std::string* error) {
     return false;
   int current = 0;
   for (int i = 0; i < m->layout.layers; i++) {
+    bm::DeviceMem k_out = chatglm ? m->k_spare[i] : m->new_k;
+    bm::DeviceMem v_out = chatglm ? m->v_spare[i] : m->new_v;
     if (!launch(m, m->blocks_cache[i],
                 {m->decode_hidden[current], m->decode_positions, m->decode_mask, m->k_cache[i],
                  m->v_cache[i]},
-                {m->decode_hidden[1 - current], m->new_k, m->new_v}, error))
+                {m->decode_hidden[1 - current], k_out, v_out}, error))
       return false;
-    size_t offset = static_cast<size_t>(position) * m->kv_row_bytes;
-    if (m->rt->memcpy_d2d_byte(m->handle, m->k_cache[i], offset, m->new_k, 0, m->kv_row_bytes) !=
-            bm::kSuccess ||
-        m->rt->memcpy_d2d_byte(m->handle, m->v_cache[i], offset, m->new_v, 0, m->kv_row_bytes) !=
-            bm::kSuccess) {
-      *error = "copy of the new K/V row into the cache failed";
+    if (chatglm) {
+      std::swap(m->k_cache[i], m->k_spare[i]);
+      std::swap(m->v_cache[i], m->v_spare[i]);
+    } else if (!copy_rows(m, m->k_cache[i], position, k_out, 0, 1, error) ||
+               !copy_rows(m, m->v_cache[i], position, v_out, 0, 1, error)) {
       return false;
     }
     current = 1 - current;

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Compile the ONNX parts of tiny_llama.py into one combined BM1684X bmodel with tpu-mlir.
 #
-#   compile.sh VENV ONNX_DIR WORK_DIR MODE OUT_BMODEL        MODE: f16 | bf16 | w8bf16 | f16tok
+#   compile.sh VENV ONNX_DIR WORK_DIR MODE OUT_BMODEL
+#        MODE: f16 | bf16 | w8bf16 | f16tok | bf16-io-alone
+#
+# bf16-io-alone is LLM-TPU's Qwen2 compile.sh build: BF16, block_cache_N with --addr_mode
+# io_alone. greedy_head.onnx and penalty_sample_head.onnx, when ONNX_DIR has them, are compiled
+# in F32 and combined too (the engine ignores them, as a real Qwen2 bmodel carries them).
 #
 # f16tok is f16 with llm_convert's default lm_head, which returns one int32 token id
 # (lm_head_token.onnx compiled under the name lm_head).
@@ -15,14 +20,16 @@
 set -euo pipefail
 
 venv=$(realpath "$1") onnx_dir=$(realpath "$2") work=$(realpath -m "$3") mode=$4
+cache_flags=()
 out=$(realpath -m "$5")
 here=$(cd "$(dirname "$0")" && pwd)
 case $mode in
   f16) half=F16 block=F16 ;;
   f16tok) half=F16 block=F16 head_onnx=lm_head_token ;;
+  bf16-io-alone) half=BF16 block=BF16 cache_flags=(--addr_mode io_alone) ;;
   bf16) half=BF16 block=BF16 ;;
   w8bf16) half=BF16 block=W8BF16 ;;
-  *) echo "compile.sh: unknown mode $mode (f16, bf16, w8bf16, f16tok)" >&2; exit 64 ;;
+  *) echo "compile.sh: unknown mode $mode (f16, bf16, w8bf16, f16tok, bf16-io-alone)" >&2; exit 64 ;;
 esac
 
 export PATH="$venv/bin:$PATH"
@@ -33,11 +40,16 @@ cd "$work"
 layers=$(find "$onnx_dir" -name 'block_cache_*.onnx' | wc -l)
 parts=(embedding embedding_cache lm_head)
 for ((i = 0; i < layers; i++)); do parts+=("block_$i" "block_cache_$i"); done
+for head in greedy_head penalty_sample_head; do
+  [[ -f $onnx_dir/$head.onnx ]] && parts+=("$head")
+done
 
 for part in "${parts[@]}"; do
   case $part in
     embedding*) quantize=$half flags=(--quant_output) ;;
     lm_head) quantize=$half flags=(--quant_input) ;;
+    greedy_head | penalty_sample_head) quantize=F32 flags=() ;;
+    block_cache_*) quantize=$block flags=(--quant_input --quant_output "${cache_flags[@]}") ;;
     *) quantize=$block flags=(--quant_input --quant_output) ;;
   esac
   source_onnx=$part
