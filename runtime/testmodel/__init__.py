@@ -36,7 +36,7 @@ class FamilyModel:
     """A tiny random-weight model of one architecture, in LLM-TPU's layout for it."""
 
     name: str
-    layout: str  # what the engine's ready line says: llama or chatglm
+    layout: str  # what the engine's ready line says: llama, chatglm or gpt_bigcode
     bmodel: Path
     reference: Path
     source: str  # the LLM-TPU files whose network layout it copies
@@ -50,6 +50,9 @@ FAMILIES = (
                 "LLM-TPU models/Qwen2/compile: export_onnx.py, compile.sh (bf16, io_alone)"),
     FamilyModel("chatglm3", "chatglm", HERE / "tiny_chatglm3_f16.bmodel", HERE / "reference_chatglm3.json",
                 "LLM-TPU models/ChatGLM3/compile: export_onnx.py, compile.sh (f16)"),
+    FamilyModel("gpt_bigcode", "gpt_bigcode", HERE / "tiny_gpt_bigcode_f16.bmodel",
+                HERE / "reference_gpt_bigcode.json",
+                "LLM-TPU models/WizardCoder/compile: export_onnx.py, compile.sh (f16, f32 edges)"),
 )
 
 

@@ -7,8 +7,8 @@
 #    - venv-export: Python 3.11 + CPU torch 2.13 + onnx, for tiny_llama.py (model, ONNX, reference)
 #    - venv-compile: Python 3.10 + the tpu_mlir 1.30.2 wheel (its Python tools need 3.10) with
 #      only the packages its ONNX path imports, for compile.sh
-# 2. tiny_llama.py exports 7 ONNX parts and reference.json; tiny_qwen2.py and tiny_chatglm3.py
-#    the same for Qwen2 and ChatGLM3 in LLM-TPU's layouts for them
+# 2. tiny_llama.py exports 7 ONNX parts and reference.json; tiny_qwen2.py, tiny_chatglm3.py and
+#    tiny_gpt_bigcode.py the same for Qwen2, ChatGLM3 and GPT-BigCode (WizardCoder) in LLM-TPU's layouts for them
 # 3. compile.sh makes tiny_llama_f16.bmodel, tiny_llama_w8bf16.bmodel and tiny_llama_f16tok.bmodel
 #    (f16 with llm_convert's default lm_head, which gives a token id instead of logits)
 # Takes about 4 minutes when the venvs are missing, 2 minutes after (5 bmodels); needs ~1.5 GB in build/.
@@ -84,4 +84,8 @@ cp "$work/onnx-qwen2/reference.json" "$out/reference_qwen2.json"
 bash "$here/compile.sh" "$work/venv-compile" "$work/onnx-chatglm3" "$work/compile-chatglm3" f16 \
   "$out/tiny_chatglm3_f16.bmodel"
 cp "$work/onnx-chatglm3/reference.json" "$out/reference_chatglm3.json"
+"$work/venv-export/bin/python" "$here/tiny_gpt_bigcode.py" "$work/onnx-bigcode"
+bash "$here/compile.sh" "$work/venv-compile" "$work/onnx-bigcode" "$work/compile-bigcode" bigcode-f16 \
+  "$out/tiny_gpt_bigcode_f16.bmodel"
+cp "$work/onnx-bigcode/reference.json" "$out/reference_gpt_bigcode.json"
 echo "tiny test model in $out"
