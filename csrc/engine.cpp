@@ -825,15 +825,17 @@ static bool allocate_buffers(Model* m, std::string* error) {
   m->v_cache.resize(has_v ? m->layout.layers : 0);
   m->k_spare.resize(chatglm ? m->layout.layers : 0);
   m->v_spare.resize(chatglm ? m->layout.layers : 0);
-  // Zeroed once: rows no mask lets through must still be finite numbers (0 * NaN is NaN).
-  std::vector<uint8_t> zeros(cache->max_input_bytes[k_input], 0);
+  // ChatGLM's cache is zeroed once: its rows left of the prompt are read by every step, masked,
+  // and must still be finite numbers (0 * NaN is NaN). The other families fill rows from 0.
+  std::vector<uint8_t> zeros(chatglm ? cache->max_input_bytes[k_input] : 0, 0);
+  const size_t bytes = cache->max_input_bytes[k_input];
   for (int i = 0; ok && i < m->layout.layers; i++) {
     for (int c = 0; ok && c < copies; c++) {
       bm::DeviceMem* k = c == 0 ? &m->k_cache[i] : &m->k_spare[i];
-      ok = allocate(m, zeros.size(), k) && upload(m, *k, zeros.data(), zeros.size(), error);
+      ok = allocate(m, bytes, k) && (!chatglm || upload(m, *k, zeros.data(), bytes, error));
       if (ok && has_v) {
         bm::DeviceMem* v = c == 0 ? &m->v_cache[i] : &m->v_spare[i];
-        ok = allocate(m, zeros.size(), v) && upload(m, *v, zeros.data(), zeros.size(), error);
+        ok = allocate(m, bytes, v) && (!chatglm || upload(m, *v, zeros.data(), bytes, error));
       }
     }
   }
