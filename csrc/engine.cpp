@@ -4,16 +4,17 @@
 //   1. find bmruntime at run time (dlopen libbmlib + libbmrt from --lib-dir)
 //   2. load the bmodel; describe its networks and decide the layout from the description
 //      (embedding, embedding_cache, block_N, block_cache_N, lm_head; the layer count is how many
-//      block_cache_N there are); other layouts are refused by name (ChatGLM, GPT-BigCode,
-//      multi-device, vision)
+//      block_cache_N there are): Llama-style, ChatGLM or GPT-BigCode; other layouts are
+//      refused by name (multi-device, vision)
 //   3. allocate device buffers once: hidden states, masks, positions, and the KV cache
 //   4. answer requests on stdin, one line each (see PROTOCOL below): prefill the prompt through
 //      every block_N (which writes the KV cache), then decode one token at a time through
-//      block_cache_N (which reads the cache; the new K/V row is copied into it)
+//      block_cache_N (which reads the cache; the new K/V row is copied into it, or, ChatGLM,
+//      the network returns the whole shifted cache)
 //
 // PROTOCOL (protocol 1). stdout carries only protocol lines; anything the libraries print goes
 // to stderr. On start the engine prints either
-//   ready protocol=1 layers=L seq=S hidden=H head=logits vocab=V dtype=f16 load_ms=X
+//   ready protocol=1 layout=llama|chatglm|gpt_bigcode layers=L seq=S hidden=H head=logits vocab=V dtype=f16 load_ms=X
 //   (head=token, and no vocab, when lm_head returns a token id: llm_convert's default)
 // or one `error KIND message` line and exits non-zero. Then, per request line on stdin:
 //   generate ids=1,2,3 max_new=8 [temperature=0] [top_p=1] [seed=0] [stop=2,3]
@@ -308,7 +309,8 @@ static std::vector<float> decode_floats(const std::vector<uint8_t>& bytes, bm::D
 struct TensorDesc {
   std::string name;
   bm::DataType dtype = bm::kFloat32;
-  bm::Shape shape{};
+  bm::Shape shape{};  // in stage 0, the only stage whose place in bm_net_info_t is the same in
+                      // every libsophon release (bm_stage_info_t grew from 2 to 4 pointers)
 };
 
 struct NetDesc {
@@ -317,7 +319,27 @@ struct NetDesc {
   std::vector<TensorDesc> inputs, outputs;
 };
 
+// The two layout families the engine runs. Llama-style (LLM-TPU's Llama2/Qwen/Qwen1.5/Qwen2
+// demos, llm_convert): batch-first [1,SEQ,...] tensors, the KV cache filled from row 0, and
+// block_cache_N returns only the new K/V row. ChatGLM2/3 (LLM-TPU's models/ChatGLM3):
+// sequence-first [SEQ,1,...] tensors, the cache kept right-aligned (newest row last) with a
+// left-padded decode mask, and block_cache_N returns the whole cache shifted by one row.
+// GPT-BigCode (LLM-TPU's models/WizardCoder): one `embedding` network taking token ids and
+// positions, with a [1,1] and a [1,SEQ] stage; blocks without position inputs; one combined K|V
+// cache per layer ([1,SEQ,2D], multi-query), filled row by row like Llama's.
+enum class Family { kLlama, kChatGlm, kGptBigCode };
+
+static const char* family_name(Family f) {
+  switch (f) {
+    case Family::kLlama: return "llama";
+    case Family::kChatGlm: return "chatglm";
+    case Family::kGptBigCode: return "gpt_bigcode";
+  }
+  return "?";
+}
+
 struct Layout {
+  Family family = Family::kLlama;
   int layers = 0, seq = 0, hidden = 0;
   int vocab = 0;            // 0 when lm_head gives a token id: the vocabulary is not visible
   bool token_head = false;  // lm_head returns one int32 token id (llm_convert without --do_sample)
@@ -342,8 +364,10 @@ struct Model {
   // Device buffers, allocated once. Hidden states ping-pong between two buffers across layers.
   bm::DeviceMem ids, prefill_hidden[2], prefill_positions, prefill_mask;
   bm::DeviceMem token_id, decode_hidden[2], decode_positions, decode_mask;
-  bm::DeviceMem new_k, new_v, logits;
-  std::vector<bm::DeviceMem> k_cache, v_cache;  // one per layer: [1, SEQ, kv_heads, head_dim]
+  bm::DeviceMem new_k, new_v, logits;  // new_k/new_v: Llama's one new row
+  std::vector<bm::DeviceMem> k_cache, v_cache;  // one per layer: SEQ rows of [kv_heads, head_dim]
+  std::vector<bm::DeviceMem> k_spare, v_spare;  // ChatGLM: where block_cache_N writes the shifted
+                                                // cache; it then swaps with k_cache/v_cache
   size_t kv_row_bytes = 0;                      // bytes of one position in a cache
   std::vector<bm::DeviceMem> allocated;         // everything to free at exit
 };
@@ -433,31 +457,32 @@ static bool refuse_other_layouts(const std::vector<NetDesc>& nets, std::string* 
     if (n >= 2 && block->inputs[1].shape.num_dims == 2 && block->inputs[1].shape.dims[0] == 3)
       return refuse(error, "vision model (position ids " + shape_text(block->inputs[1].shape) +
                                ", multimodal RoPE): not supported by llmtpu's engine");
-    bm::Shape states = block->inputs.empty() ? bm::Shape{} : block->inputs[0].shape;
-    if (states.num_dims == 3 && states.dims[0] > 1 && states.dims[1] == 1)
-      return refuse(error, "ChatGLM layout (sequence-first block input " + shape_text(states) +
-                               ", ChatGLM2/3): not supported by llmtpu's engine yet");
   }
-  const NetDesc* embedding = find_desc(nets, "embedding");
-  if (embedding && !find_desc(nets, "embedding_cache") &&
-      (embedding->stages == 2 || embedding->inputs.size() == 2))
-    return refuse(error, "GPT-BigCode layout (WizardCoder: one embedding network with token and "
-                         "position inputs, no embedding_cache): not supported by llmtpu's engine "
-                         "yet");
   return true;
 }
 
-// The Llama-style layout (LLM-TPU 2024 demos, llm_convert): what engine.cpp runs.
-static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std::string* error) {
-  if (!refuse_other_layouts(nets, error)) return false;
-  int layers = 0;
-  while (find_desc(nets, "block_cache_" + std::to_string(layers))) layers++;
-  if (layers == 0) return refuse(error, "no block_cache_0 network: not an LLM-TPU bmodel");
+static std::string tensors_text(const std::vector<TensorDesc>& tensors) {
+  std::string text;
+  for (size_t i = 0; i < tensors.size(); i++)
+    text += std::string(i ? "," : "") + tensors[i].name + ":" + dtype_name(tensors[i].dtype) +
+            shape_text(tensors[i].shape);
+  return text;
+}
+
+static bool is_gpt_bigcode(const std::vector<NetDesc>& nets) {
+  const NetDesc* embedding = find_desc(nets, "embedding");
+  return embedding && !find_desc(nets, "embedding_cache") && embedding->inputs.size() == 2;
+}
+
+static bool check_counts(const std::vector<NetDesc>& nets, int layers, size_t block_in,
+                         size_t block_out, size_t cache_in, size_t cache_out, size_t embedding_in,
+                         bool embedding_cache, std::string* error) {
   std::vector<std::pair<std::string, std::pair<size_t, size_t>>> wanted = {
-      {"embedding", {1, 1}}, {"embedding_cache", {1, 1}}, {"lm_head", {1, 1}}};
+      {"embedding", {embedding_in, 1}}, {"lm_head", {1, 1}}};
+  if (embedding_cache) wanted.push_back({"embedding_cache", {1, 1}});
   for (int i = 0; i < layers; i++) {
-    wanted.push_back({"block_" + std::to_string(i), {3, 3}});
-    wanted.push_back({"block_cache_" + std::to_string(i), {5, 3}});
+    wanted.push_back({"block_" + std::to_string(i), {block_in, block_out}});
+    wanted.push_back({"block_cache_" + std::to_string(i), {cache_in, cache_out}});
   }
   for (const auto& [name, counts] : wanted) {
     const NetDesc* net = find_desc(nets, name);
@@ -469,15 +494,118 @@ static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std:
                                std::to_string(counts.first) + " and " +
                                std::to_string(counts.second));
   }
+  return true;
+}
+
+static bool same_layers(const std::vector<NetDesc>& nets, int layers, std::string* error) {
+  const NetDesc& block = *find_desc(nets, "block_0");
+  const NetDesc& cache = *find_desc(nets, "block_cache_0");
+  for (int i = 1; i < layers; i++) {  // every layer must fit the buffers of layer 0
+    for (const auto& [first, other] :
+         {std::make_pair(&block, find_desc(nets, "block_" + std::to_string(i))),
+          std::make_pair(&cache, find_desc(nets, "block_cache_" + std::to_string(i)))}) {
+      for (size_t j = 0; j < first->inputs.size(); j++) {
+        if (shape_text(other->inputs[j].shape) != shape_text(first->inputs[j].shape) ||
+            other->inputs[j].dtype != first->inputs[j].dtype)
+          return refuse(error, "layer " + std::to_string(i) + " has other inputs than layer 0 (" +
+                                   tensor_text(*other, true, j) + ")");
+      }
+    }
+  }
+  return true;
+}
+
+// GPT-BigCode (WizardCoder): embedding(ids, positions) with a [1,SEQ] and a [1,1] stage;
+// block_N(hidden [1,SEQ,H], mask) -> hidden, past_layer [1,SEQ,C];
+// block_cache_N(hidden [1,1,H], past_cache [1,SEQ,C], mask [1,1,1,SEQ+1]) -> hidden, [1,1,C].
+static bool detect_gpt_bigcode(const std::vector<NetDesc>& nets, int layers, Layout* layout,
+                               std::string* error) {
+  const NetDesc* block0 = find_desc(nets, "block_0");
+  const NetDesc* cache0 = find_desc(nets, "block_cache_0");
+  if (block0 && cache0 && block0->inputs.size() > 2 && block0->inputs.size() % 2 == 0 &&
+      cache0->inputs.size() == block0->inputs.size() / 2 * 3) {
+    size_t chips = block0->inputs.size() / 2;
+    return refuse(error, "multi-device bmodel (compiled for " + std::to_string(chips) +
+                             " chips with --num_device " + std::to_string(chips) +
+                             "): llmtpu's engine runs one chip; convert it with --num_device 1");
+  }
+  if (!check_counts(nets, layers, 2, 2, 3, 2, 2, false, error)) return false;
+  const NetDesc& embedding = *find_desc(nets, "embedding");
+  const NetDesc& block = *block0;
+  const NetDesc& cache = *cache0;
+  const NetDesc& lm_head = *find_desc(nets, "lm_head");
+  const bm::Shape& states = block.inputs[0].shape;
+  if (states.num_dims != 3 || states.dims[0] != 1)
+    return refuse(error, tensor_text(block, true, 0) + " is not [1,SEQ,H]");
+  const int seq = states.dims[1], hidden = states.dims[2];
+  const size_t n = static_cast<size_t>(seq);
+  // Its two stages are [1,1] and [1,SEQ] (compile.sh compiles it for both); the engine runs the
+  // [1,SEQ] one. Only stage 0's shapes can be read in every libsophon release, so with stage 0
+  // at [1,1] the other is taken to be [1,SEQ]; a bmodel without it fails at the first launch.
+  const size_t ids = shape_elements(embedding.inputs[0].shape);
+  if (embedding.stages != 2 || shape_elements(embedding.inputs[1].shape) != ids ||
+      (ids != 1 && ids != n))
+    return refuse(error, "GPT-BigCode embedding " + tensors_text(embedding.inputs) + " with " +
+                             std::to_string(embedding.stages) +
+                             " stages: expected 2 stages, [1,1] and [1,SEQ], for ids and positions");
+  const bm::Shape& history = cache.inputs[1].shape;
+  if (history.num_dims != 3 || history.dims[0] != 1 || history.dims[1] != seq)
+    return refuse(error, tensor_text(cache, true, 1) + " is not [1,SEQ,C] with SEQ " +
+                             std::to_string(seq));
+  const size_t row = static_cast<size_t>(history.dims[2]);
+  struct Expect {
+    const TensorDesc* tensor;
+    const NetDesc* net;
+    size_t elements;
+    const char* form;
+  };
+  const Expect expected[] = {
+      {&block.inputs[1], &block, n * n, "[1,1,SEQ,SEQ]"},
+      {&block.outputs[1], &block, n * row, "[1,SEQ,C]"},
+      {&cache.inputs[0], &cache, static_cast<size_t>(hidden), "[1,1,H]"},
+      {&cache.inputs[2], &cache, n + 1, "[1,1,1,SEQ+1]"},
+      {&cache.outputs[1], &cache, row, "[1,1,C]"},
+      {&lm_head.inputs[0], &lm_head, static_cast<size_t>(hidden), "[1,H]"},
+  };
+  for (const Expect& e : expected) {
+    if (shape_elements(e.tensor->shape) != e.elements)
+      return refuse(error, e.net->name + " " + e.tensor->name + " " + shape_text(e.tensor->shape) +
+                               " does not fit SEQ " + std::to_string(seq) + ", H " +
+                               std::to_string(hidden) + " (expected " + e.form + ")");
+  }
+  if (embedding.inputs[0].dtype != bm::kInt32 || embedding.inputs[1].dtype != bm::kInt32)
+    return refuse(error, "embedding inputs are " + tensors_text(embedding.inputs) +
+                             "; this engine feeds int32 token ids and positions");
+  if (!same_layers(nets, layers, error)) return false;
+  layout->family = Family::kGptBigCode;
+  layout->layers = layers;
+  layout->seq = seq;
+  layout->hidden = hidden;
+  layout->hidden_dtype = block.inputs[0].dtype;
+  layout->token_head = lm_head.outputs[0].dtype == bm::kInt32;
+  layout->vocab = layout->token_head ? 0 : static_cast<int>(shape_elements(lm_head.outputs[0].shape));
+  return true;
+}
+
+// The Llama-style and ChatGLM layouts (LLM-TPU's demos, llm_convert), and GPT-BigCode's.
+static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std::string* error) {
+  if (!refuse_other_layouts(nets, error)) return false;
+  int layers = 0;
+  while (find_desc(nets, "block_cache_" + std::to_string(layers))) layers++;
+  if (layers == 0) return refuse(error, "no block_cache_0 network: not an LLM-TPU bmodel");
+  if (is_gpt_bigcode(nets)) return detect_gpt_bigcode(nets, layers, layout, error);
+  if (!check_counts(nets, layers, 3, 3, 5, 3, 1, true, error)) return false;
   const NetDesc& block = *find_desc(nets, "block_0");
   const NetDesc& cache = *find_desc(nets, "block_cache_0");
   const NetDesc& embedding = *find_desc(nets, "embedding");
   const NetDesc& embedding_cache = *find_desc(nets, "embedding_cache");
   const NetDesc& lm_head = *find_desc(nets, "lm_head");
   const bm::Shape& states = block.inputs[0].shape;
-  if (states.num_dims != 3 || states.dims[0] != 1)
-    return refuse(error, tensor_text(block, true, 0) + " is not [1,SEQ,H]");
-  const int seq = states.dims[1], hidden = states.dims[2];
+  const bool sequence_first = states.num_dims == 3 && states.dims[0] > 1 && states.dims[1] == 1;
+  if (states.num_dims != 3 || (states.dims[0] != 1 && !sequence_first))
+    return refuse(error, tensor_text(block, true, 0) + " is neither [1,SEQ,H] nor [SEQ,1,H]");
+  const Family family = sequence_first ? Family::kChatGlm : Family::kLlama;
+  const int seq = sequence_first ? states.dims[0] : states.dims[1], hidden = states.dims[2];
   const size_t n = static_cast<size_t>(seq);
   // Each input whose size the engine fills, against what SEQ and H make it.
   struct Expect {
@@ -508,24 +636,25 @@ static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std:
                                dtype_name(e.net->inputs[e.input].dtype) +
                                "; this engine feeds int32 token ids and positions");
   }
-  for (int k = 3; k <= 4; k++) {  // history_k/v [1, SEQ, ...]: the cache the engine keeps
+  for (int k = 3; k <= 4; k++) {  // history_k/v: the cache the engine keeps
     const bm::Shape& history = cache.inputs[k].shape;
-    if (history.num_dims < 3 || history.dims[0] != 1 || history.dims[1] != seq)
-      return refuse(error, tensor_text(cache, true, k) + " is not [1,SEQ,...] with SEQ " +
-                               std::to_string(seq));
+    const int batch_axis = family == Family::kLlama ? 0 : 1, seq_axis = 1 - batch_axis;
+    if (history.num_dims < 3 || history.dims[batch_axis] != 1 || history.dims[seq_axis] != seq)
+      return refuse(error, tensor_text(cache, true, k) + " is not " +
+                               (family == Family::kLlama ? "[1,SEQ,...]" : "[SEQ,1,...]") +
+                               " with SEQ " + std::to_string(seq));
+    // What block_N writes (the prefill's K/V) and what block_cache_N gives back: one new row
+    // (Llama), or the whole cache shifted (ChatGLM).
+    const size_t cache_elements = shape_elements(history);
+    const size_t returned = family == Family::kLlama ? cache_elements / n : cache_elements;
+    if (shape_elements(block.outputs[k - 2].shape) != cache_elements ||
+        shape_elements(cache.outputs[k - 2].shape) != returned)
+      return refuse(error, tensor_text(block, false, k - 2) + " / " +
+                               tensor_text(cache, false, k - 2) + " do not fit the cache " +
+                               shape_text(history) + " of a " + family_name(family) + " layout");
   }
-  for (int i = 1; i < layers; i++) {  // every layer must fit the buffers of layer 0
-    for (const auto& [first, other] :
-         {std::make_pair(&block, find_desc(nets, "block_" + std::to_string(i))),
-          std::make_pair(&cache, find_desc(nets, "block_cache_" + std::to_string(i)))}) {
-      for (size_t j = 0; j < first->inputs.size(); j++) {
-        if (shape_text(other->inputs[j].shape) != shape_text(first->inputs[j].shape) ||
-            other->inputs[j].dtype != first->inputs[j].dtype)
-          return refuse(error, "layer " + std::to_string(i) + " has other inputs than layer 0 (" +
-                                   tensor_text(*other, true, j) + ")");
-      }
-    }
-  }
+  if (!same_layers(nets, layers, error)) return false;
+  layout->family = family;
   layout->layers = layers;
   layout->seq = seq;
   layout->hidden = hidden;
@@ -537,7 +666,8 @@ static bool detect_layout(const std::vector<NetDesc>& nets, Layout* layout, std:
 
 // The ready line's description of a layout. A token head reports no vocab: it is not visible.
 static std::string layout_fields(const Layout& layout) {
-  std::string text = "layers=" + std::to_string(layout.layers) + " seq=" +
+  std::string text = std::string("layout=") + family_name(layout.family) +
+                     " layers=" + std::to_string(layout.layers) + " seq=" +
                      std::to_string(layout.seq) + " hidden=" + std::to_string(layout.hidden);
   text += layout.token_head ? " head=token" : " head=logits vocab=" + std::to_string(layout.vocab);
   return text + " dtype=" + dtype_name(layout.hidden_dtype);
@@ -546,15 +676,8 @@ static std::string layout_fields(const Layout& layout) {
 // Text form of a network, one line: `net NAME stages=N inputs=name:dtype[shape],... outputs=...`.
 // `info` prints it and --check-layout reads it back.
 static std::string describe_net(const NetDesc& net) {
-  std::string line = "net " + net.name + " stages=" + std::to_string(net.stages) + " inputs=";
-  for (size_t i = 0; i < net.inputs.size(); i++)
-    line += std::string(i ? "," : "") + net.inputs[i].name + ":" + dtype_name(net.inputs[i].dtype) +
-            shape_text(net.inputs[i].shape);
-  line += " outputs=";
-  for (size_t i = 0; i < net.outputs.size(); i++)
-    line += std::string(i ? "," : "") + net.outputs[i].name + ":" +
-            dtype_name(net.outputs[i].dtype) + shape_text(net.outputs[i].shape);
-  return line;
+  return "net " + net.name + " stages=" + std::to_string(net.stages) + " inputs=" +
+         tensors_text(net.inputs) + " outputs=" + tensors_text(net.outputs);
 }
 
 static bool parse_dtype(const std::string& text, bm::DataType* t) {
@@ -656,38 +779,65 @@ static bool inspect_model(Model* m, std::string* error) {
   if (!detect_layout(m->descs, &m->layout, error)) return false;
   m->blocks.resize(m->layout.layers);
   m->blocks_cache.resize(m->layout.layers);
+  const bool bigcode = m->layout.family == Family::kGptBigCode;  // one embedding, two stages
   bool found = find_net(m, "embedding", &m->embedding) &&
-               find_net(m, "embedding_cache", &m->embedding_cache) &&
+               (bigcode || find_net(m, "embedding_cache", &m->embedding_cache)) &&
                find_net(m, "lm_head", &m->lm_head);
   for (int i = 0; found && i < m->layout.layers; i++)
     found = find_net(m, "block_" + std::to_string(i), &m->blocks[i]) &&
             find_net(m, "block_cache_" + std::to_string(i), &m->blocks_cache[i]);
   if (!found) return refuse(error, "bmruntime lost a network it listed");
-  m->kv_row_bytes = m->blocks_cache[0].info->max_input_bytes[3] / m->layout.seq;
+  m->kv_row_bytes = m->blocks_cache[0].info->max_input_bytes[bigcode ? 1 : 3] / m->layout.seq;
   return true;
 }
+
+static bool upload(Model* m, bm::DeviceMem dst, const void* data, size_t bytes, std::string* error);
 
 static bool allocate_buffers(Model* m, std::string* error) {
   const bm::NetInfo* block = m->blocks[0].info;
   const bm::NetInfo* cache = m->blocks_cache[0].info;
+  const bool chatglm = m->layout.family == Family::kChatGlm;
+  const bool bigcode = m->layout.family == Family::kGptBigCode;
+  // Where each family's networks take positions, masks and the cache (GPT-BigCode's embedding
+  // takes the positions; its blocks take none).
+  const bm::NetInfo* position_net = bigcode ? m->embedding.info : block;
+  const size_t prefill_positions = position_net->max_input_bytes[1];
+  const size_t prefill_mask = block->max_input_bytes[bigcode ? 1 : 2];
+  const size_t decode_mask = cache->max_input_bytes[2];
+  const int k_input = bigcode ? 1 : 3;
   bool ok = allocate(m, m->embedding.info->max_input_bytes[0], &m->ids) &&
             allocate(m, block->max_input_bytes[0], &m->prefill_hidden[0]) &&
             allocate(m, block->max_input_bytes[0], &m->prefill_hidden[1]) &&
-            allocate(m, block->max_input_bytes[1], &m->prefill_positions) &&
-            allocate(m, block->max_input_bytes[2], &m->prefill_mask) &&
-            allocate(m, m->embedding_cache.info->max_input_bytes[0], &m->token_id) &&
+            allocate(m, prefill_positions, &m->prefill_positions) &&
+            allocate(m, prefill_mask, &m->prefill_mask) &&
+            allocate(m, sizeof(int32_t), &m->token_id) &&
             allocate(m, cache->max_input_bytes[0], &m->decode_hidden[0]) &&
             allocate(m, cache->max_input_bytes[0], &m->decode_hidden[1]) &&
-            allocate(m, cache->max_input_bytes[1], &m->decode_positions) &&
-            allocate(m, cache->max_input_bytes[2], &m->decode_mask) &&
-            allocate(m, cache->max_output_bytes[1], &m->new_k) &&
-            allocate(m, cache->max_output_bytes[2], &m->new_v) &&
+            allocate(m, sizeof(int32_t), &m->decode_positions) &&
+            allocate(m, decode_mask, &m->decode_mask) &&
             allocate(m, m->lm_head.info->max_output_bytes[0], &m->logits);
+  if (ok && !chatglm)
+    ok = allocate(m, cache->max_output_bytes[1], &m->new_k) &&
+         (bigcode || allocate(m, cache->max_output_bytes[2], &m->new_v));
+  const int copies = chatglm ? 2 : 1;
+  const bool has_v = !bigcode;  // GPT-BigCode keeps K and V in one cache tensor
   m->k_cache.resize(m->layout.layers);
-  m->v_cache.resize(m->layout.layers);
+  m->v_cache.resize(has_v ? m->layout.layers : 0);
+  m->k_spare.resize(chatglm ? m->layout.layers : 0);
+  m->v_spare.resize(chatglm ? m->layout.layers : 0);
+  // ChatGLM's cache is zeroed once: its rows left of the prompt are read by every step, masked,
+  // and must still be finite numbers (0 * NaN is NaN). The other families fill rows from 0.
+  std::vector<uint8_t> zeros(chatglm ? cache->max_input_bytes[k_input] : 0, 0);
+  const size_t bytes = cache->max_input_bytes[k_input];
   for (int i = 0; ok && i < m->layout.layers; i++) {
-    ok = allocate(m, cache->max_input_bytes[3], &m->k_cache[i]) &&
-         allocate(m, cache->max_input_bytes[4], &m->v_cache[i]);
+    for (int c = 0; ok && c < copies; c++) {
+      bm::DeviceMem* k = c == 0 ? &m->k_cache[i] : &m->k_spare[i];
+      ok = allocate(m, bytes, k) && (!chatglm || upload(m, *k, zeros.data(), bytes, error));
+      if (ok && has_v) {
+        bm::DeviceMem* v = c == 0 ? &m->v_cache[i] : &m->v_spare[i];
+        ok = allocate(m, bytes, v) && (!chatglm || upload(m, *v, zeros.data(), bytes, error));
+      }
+    }
   }
   if (!ok) *error = "cannot allocate device memory for the hidden states and KV cache";
   return ok;
@@ -696,21 +846,27 @@ static bool allocate_buffers(Model* m, std::string* error) {
 // ---------------------------------------------------------------------------------------------
 // 4. Running the networks.
 
-static bm::Tensor tensor(const Net& net, bool is_input, int i, bm::DeviceMem mem) {
+static bm::Tensor tensor(const Net& net, bool is_input, int i, bm::DeviceMem mem,
+                         const bm::Shape* shape) {
   bm::Tensor t;
   memset(&t, 0, sizeof t);
   t.dtype = is_input ? net.info->input_dtypes[i] : net.info->output_dtypes[i];
-  t.shape = is_input ? in_shape(net, i) : out_shape(net, i);
+  t.shape = shape ? *shape : is_input ? in_shape(net, i) : out_shape(net, i);
   t.device_mem = mem;
   return t;
 }
 
-// Launch one network on the given buffers and wait for it.
+// Launch one network on the given buffers and wait for it, with stage 0's shapes or, for a
+// net compiled for several, the shapes given (bmruntime runs the stage that has them).
 static bool launch(Model* m, const Net& net, const std::vector<bm::DeviceMem>& inputs,
-                   const std::vector<bm::DeviceMem>& outputs, std::string* error) {
+                   const std::vector<bm::DeviceMem>& outputs, std::string* error,
+                   const std::vector<bm::Shape>& in_shapes = {},
+                   const std::vector<bm::Shape>& out_shapes = {}) {
   std::vector<bm::Tensor> in, out;
-  for (size_t i = 0; i < inputs.size(); i++) in.push_back(tensor(net, true, i, inputs[i]));
-  for (size_t i = 0; i < outputs.size(); i++) out.push_back(tensor(net, false, i, outputs[i]));
+  for (size_t i = 0; i < inputs.size(); i++)
+    in.push_back(tensor(net, true, i, inputs[i], in_shapes.empty() ? nullptr : &in_shapes[i]));
+  for (size_t i = 0; i < outputs.size(); i++)
+    out.push_back(tensor(net, false, i, outputs[i], out_shapes.empty() ? nullptr : &out_shapes[i]));
   bool ok = m->rt->rt_launch_tensor_ex(m->bmrt, net.name.c_str(), in.data(),
                                        static_cast<int>(in.size()), out.data(),
                                        static_cast<int>(out.size()), true, false);
@@ -763,10 +919,23 @@ static bool read_token_id(Model* m, int32_t* id, std::string* error) {
   return false;
 }
 
-// Prefill: the whole prompt through embedding and every block_N; fills the KV cache rows
-// 0..n-1 and leaves the last prompt position's logits in m->logits.
+static bool copy_rows(Model* m, bm::DeviceMem dst, size_t dst_row, bm::DeviceMem src, size_t src_row,
+                      size_t rows, std::string* error) {
+  size_t row = m->kv_row_bytes;
+  if (m->rt->memcpy_d2d_byte(m->handle, dst, dst_row * row, src, src_row * row, rows * row) ==
+      bm::kSuccess)
+    return true;
+  *error = "copy of K/V rows inside the cache failed";
+  return false;
+}
+
+// Prefill: the whole prompt through embedding and every block_N, which gives the K/V of
+// positions 0..n-1; leaves the last prompt position's logits in m->logits.
+// Llama: block_N writes them straight into the cache (rows 0..n-1).
+// ChatGLM: block_N writes them into the spare copy; they are moved to the cache's last n rows.
 static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* error) {
   const int seq = m->layout.seq, n = static_cast<int>(prompt.size());
+  const bool chatglm = m->layout.family == Family::kChatGlm;
   std::vector<int32_t> ids(seq, 0), positions(seq, 0);
   std::vector<float> mask(static_cast<size_t>(seq) * seq, kMaskValue);
   for (int i = 0; i < n; i++) {
@@ -782,9 +951,13 @@ static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* e
     return false;
   int current = 0;
   for (int i = 0; i < m->layout.layers; i++) {
-    // block_N writes its past_k/past_v straight into this layer's KV cache.
+    bm::DeviceMem k = chatglm ? m->k_spare[i] : m->k_cache[i];
+    bm::DeviceMem v = chatglm ? m->v_spare[i] : m->v_cache[i];
     if (!launch(m, m->blocks[i], {m->prefill_hidden[current], m->prefill_positions, m->prefill_mask},
-                {m->prefill_hidden[1 - current], m->k_cache[i], m->v_cache[i]}, error))
+                {m->prefill_hidden[1 - current], k, v}, error))
+      return false;
+    if (chatglm && (!copy_rows(m, m->k_cache[i], seq - n, k, 0, n, error) ||
+                    !copy_rows(m, m->v_cache[i], seq - n, v, 0, n, error)))
       return false;
     current = 1 - current;
   }
@@ -794,12 +967,15 @@ static bool prefill(Model* m, const std::vector<int32_t>& prompt, std::string* e
 }
 
 // Decode: one token at position `position` through embedding_cache and every block_cache_N,
-// which attend to cache rows 0..position-1 plus the token itself; its K/V become row
-// `position` of the cache.
+// which attend to the `position` cached rows plus the token itself.
+// Llama: the cached rows are 0..position-1; the token's K/V row is copied to row `position`.
+// ChatGLM: they are the last `position` rows; block_cache_N writes the whole cache shifted by
+// one row (the token's K/V last) into the spare copy, which then becomes the cache.
 static bool decode(Model* m, int32_t token, int position, std::string* error) {
   const int seq = m->layout.seq;
+  const bool chatglm = m->layout.family == Family::kChatGlm;
   std::vector<float> mask(seq + 1, kMaskValue);
-  for (int j = 0; j < position; j++) mask[j] = 0.0f;
+  for (int j = 0; j < position; j++) mask[chatglm ? seq - position + j : j] = 0.0f;
   mask[seq] = 0.0f;  // the last slot is the new token itself
   const Net& cache0 = m->blocks_cache[0];
   int32_t position_id = position;
@@ -810,19 +986,92 @@ static bool decode(Model* m, int32_t token, int position, std::string* error) {
     return false;
   int current = 0;
   for (int i = 0; i < m->layout.layers; i++) {
+    bm::DeviceMem k_out = chatglm ? m->k_spare[i] : m->new_k;
+    bm::DeviceMem v_out = chatglm ? m->v_spare[i] : m->new_v;
     if (!launch(m, m->blocks_cache[i],
                 {m->decode_hidden[current], m->decode_positions, m->decode_mask, m->k_cache[i],
                  m->v_cache[i]},
-                {m->decode_hidden[1 - current], m->new_k, m->new_v}, error))
+                {m->decode_hidden[1 - current], k_out, v_out}, error))
       return false;
-    size_t offset = static_cast<size_t>(position) * m->kv_row_bytes;
-    if (m->rt->memcpy_d2d_byte(m->handle, m->k_cache[i], offset, m->new_k, 0, m->kv_row_bytes) !=
-            bm::kSuccess ||
-        m->rt->memcpy_d2d_byte(m->handle, m->v_cache[i], offset, m->new_v, 0, m->kv_row_bytes) !=
-            bm::kSuccess) {
-      *error = "copy of the new K/V row into the cache failed";
+    if (chatglm) {
+      std::swap(m->k_cache[i], m->k_spare[i]);
+      std::swap(m->v_cache[i], m->v_spare[i]);
+    } else if (!copy_rows(m, m->k_cache[i], position, k_out, 0, 1, error) ||
+               !copy_rows(m, m->v_cache[i], position, v_out, 0, 1, error)) {
       return false;
     }
+    current = 1 - current;
+  }
+  return launch(m, m->lm_head, {m->decode_hidden[current]}, {m->logits}, error);
+}
+
+// GPT-BigCode: the same steps with its own networks. The embedding adds learned positions
+// (its [1,SEQ] stage for the prompt, its [1,1] stage for a token); each layer's one K|V cache
+// is filled from row 0 like Llama's.
+// The embedding's [1,SEQ] stage ([1,SEQ] ids and positions -> [1,SEQ,H]). Decode uses it too,
+// for row 0: on the cmodel (tpu-mlir 1.30.2) the [1,1] stage, launched on the engine's buffers,
+// read zeros instead of its inputs (cause not found); one gather of SEQ rows costs little.
+static bool launch_embedding(Model* m, bm::DeviceMem hidden, std::string* error) {
+  bm::Shape ids{}, out{};
+  ids.num_dims = 2;
+  ids.dims[0] = 1;
+  ids.dims[1] = m->layout.seq;
+  out.num_dims = 3;
+  out.dims[0] = 1;
+  out.dims[1] = m->layout.seq;
+  out.dims[2] = m->layout.hidden;
+  return launch(m, m->embedding, {m->ids, m->prefill_positions}, {hidden}, error, {ids, ids}, {out});
+}
+
+static bool prefill_gpt_bigcode(Model* m, const std::vector<int32_t>& prompt, std::string* error) {
+  const int seq = m->layout.seq, n = static_cast<int>(prompt.size());
+  std::vector<int32_t> ids(seq, 0), positions(seq, 0);
+  std::vector<float> mask(static_cast<size_t>(seq) * seq, kMaskValue);
+  for (int i = 0; i < n; i++) {
+    ids[i] = prompt[i];
+    positions[i] = i;
+    for (int j = 0; j <= i; j++) mask[static_cast<size_t>(i) * seq + j] = 0.0f;  // causal
+  }
+  if (!upload(m, m->ids, ids.data(), ids.size() * 4, error) ||
+      !upload(m, m->prefill_positions, positions.data(), positions.size() * 4, error) ||
+      !upload_floats(m, m->prefill_mask, mask, m->blocks[0].info->input_dtypes[1], error) ||
+      !launch_embedding(m, m->prefill_hidden[0], error))
+    return false;
+  int current = 0;
+  for (int i = 0; i < m->layout.layers; i++) {
+    if (!launch(m, m->blocks[i], {m->prefill_hidden[current], m->prefill_mask},
+                {m->prefill_hidden[1 - current], m->k_cache[i]}, error))
+      return false;
+    current = 1 - current;
+  }
+  size_t row_bytes = m->lm_head.info->max_input_bytes[0];
+  bm::DeviceMem last_row = slice(m->prefill_hidden[current], (n - 1) * row_bytes, row_bytes);
+  return launch(m, m->lm_head, {last_row}, {m->logits}, error);
+}
+
+static bool decode_gpt_bigcode(Model* m, int32_t token, int position, std::string* error) {
+  const int seq = m->layout.seq;
+  std::vector<float> mask(seq + 1, kMaskValue);
+  for (int j = 0; j < position; j++) mask[j] = 0.0f;
+  mask[seq] = 0.0f;
+  int32_t position_id = position;
+  size_t row_bytes = m->blocks_cache[0].info->max_input_bytes[0];  // one position's hidden
+  if (!upload(m, m->ids, &token, 4, error) ||
+      !upload(m, m->prefill_positions, &position_id, 4, error) ||
+      !upload_floats(m, m->decode_mask, mask, m->blocks_cache[0].info->input_dtypes[2], error) ||
+      !launch_embedding(m, m->prefill_hidden[0], error))
+    return false;
+  if (m->rt->memcpy_d2d_byte(m->handle, m->decode_hidden[0], 0, m->prefill_hidden[0], 0,
+                             row_bytes) != bm::kSuccess) {
+    *error = "copy of the token's embedding failed";
+    return false;
+  }
+  int current = 0;
+  for (int i = 0; i < m->layout.layers; i++) {
+    if (!launch(m, m->blocks_cache[i], {m->decode_hidden[current], m->k_cache[i], m->decode_mask},
+                {m->decode_hidden[1 - current], m->new_k}, error) ||
+        !copy_rows(m, m->k_cache[i], position, m->new_k, 0, 1, error))
+      return false;
     current = 1 - current;
   }
   return launch(m, m->lm_head, {m->decode_hidden[current]}, {m->logits}, error);
@@ -1001,7 +1250,9 @@ static bool generate(Model* m, const Request& r) {
   Choice c;
   bool known = false;
   auto start = std::chrono::steady_clock::now();
-  if (!prefill(m, r.ids, &error) || !next_choice(m, &sampling, &c, &known, &error)) {
+  const bool bigcode = m->layout.family == Family::kGptBigCode;
+  bool prefilled = bigcode ? prefill_gpt_bigcode(m, r.ids, &error) : prefill(m, r.ids, &error);
+  if (!prefilled || !next_choice(m, &sampling, &c, &known, &error)) {
     reply("error device %s", error.c_str());
     return false;
   }
@@ -1025,8 +1276,9 @@ static bool generate(Model* m, const Request& r) {
       break;
     }
     step_start = std::chrono::steady_clock::now();
-    if (!decode(m, c.token, position, &error) ||
-        !next_choice(m, &sampling, &c, &known, &error)) {
+    bool decoded = bigcode ? decode_gpt_bigcode(m, c.token, position, &error)
+                           : decode(m, c.token, position, &error);
+    if (!decoded || !next_choice(m, &sampling, &c, &known, &error)) {
       reply("error device %s", error.c_str());
       return false;
     }

@@ -59,7 +59,10 @@ def add_parser(commands: Any) -> None:
     )
     smoke.add_argument("--model", default=None, metavar="FILE", help="an LLM-TPU bmodel")
     smoke.add_argument("--prompt", default=None, metavar="IDS",
-                       help="comma-separated prompt token ids (needed with --model)")
+                       help="comma-separated prompt token ids (needed with --model, unless --reference)")
+    smoke.add_argument("--reference", default=None, metavar="FILE",
+                       help="a reference.json (runtime/testmodel/): its first prompt, and its tokens as "
+                            "the exact expected answer")
     smoke.add_argument("--lib-dir", default=None, metavar="DIR",
                        help="folder holding libbmrt.so/libbmlib.so (default: the engine's own "
                             "default, /opt/sophon/libsophon-current/lib or $LLMTPU_BMRT_LIB_DIR)")
@@ -182,11 +185,22 @@ def run_smoke(args: argparse.Namespace) -> int:
         model, prompt, expected = str(testmodel.bmodel_path("f16")), case.prompt, case.tokens
         max_new = len(expected)
     else:
-        if args.prompt is None:
-            raise UsageError("--prompt: give the prompt's token ids when --model is given")
-        model, prompt, max_new = os.path.abspath(args.model), _prompt_ids(args.prompt), args.max_new
+        model = os.path.abspath(args.model)
         if not os.path.isfile(model):
             raise UsageError(f"--model: {model} is not a file; give an LLM-TPU .bmodel")
+        if args.reference is not None:
+            if args.prompt is not None:
+                raise UsageError("--prompt: the prompt comes from --reference; give one of them")
+            try:
+                case = testmodel.reference_cases(Path(args.reference))[0]
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+                raise UsageError(f"--reference: {args.reference} is not a reference.json with cases "
+                                 f"({exc})") from exc
+            prompt, expected, max_new = case.prompt, case.tokens, len(case.tokens)
+        elif args.prompt is None:
+            raise UsageError("--prompt: give the prompt's token ids when --model is given (or --reference)")
+        else:
+            prompt, max_new = _prompt_ids(args.prompt), args.max_new
     tokenizer_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(Path(model).parent)
     try:
         decode = load_tokenizer(tokenizer_path).decode if tokenizer_path else None

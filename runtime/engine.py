@@ -53,6 +53,7 @@ class Ready:
     dtype: str
     load_ms: float
     head: str = "logits"  # "token": lm_head returns the chosen id itself (llm_convert's default)
+    layout: str = "llama"  # the layout family: llama (batch-first) or chatglm (sequence-first)
 
     @property
     def can_sample(self) -> bool:
@@ -175,6 +176,7 @@ def parse_ready(line: str) -> Ready:
         layers=int(_number(fields, "layers", line)), seq=int(_number(fields, "seq", line)),
         hidden=int(_number(fields, "hidden", line)), vocab=vocab or None,
         dtype=fields.get("dtype", "?"), load_ms=_number(fields, "load_ms", line), head=head,
+        layout=fields.get("layout", "llama"),
     )
 
 

@@ -31,6 +31,31 @@ def bmodel_path(mode: str = "f16") -> Path:
     return HERE / f"tiny_llama_{mode}.bmodel"
 
 
-def reference_cases() -> list[ReferenceCase]:
-    data = json.loads((HERE / "reference.json").read_text())
+@dataclass(frozen=True)
+class FamilyModel:
+    """A tiny random-weight model of one architecture, in LLM-TPU's layout for it."""
+
+    name: str
+    layout: str  # what the engine's ready line says: llama, chatglm or gpt_bigcode
+    bmodel: Path
+    reference: Path
+    source: str  # the LLM-TPU files whose network layout it copies
+
+
+#: One per architecture of the seed's command table that the engine runs (gen/build.sh makes them).
+FAMILIES = (
+    FamilyModel("llama", "llama", HERE / "tiny_llama_f16.bmodel", HERE / "reference.json",
+                "LLM-TPU 2024 Llama2 demo layout (models/Llama2/compile)"),
+    FamilyModel("qwen2", "llama", HERE / "tiny_qwen2_bf16.bmodel", HERE / "reference_qwen2.json",
+                "LLM-TPU models/Qwen2/compile: export_onnx.py, compile.sh (bf16, io_alone)"),
+    FamilyModel("chatglm3", "chatglm", HERE / "tiny_chatglm3_f16.bmodel", HERE / "reference_chatglm3.json",
+                "LLM-TPU models/ChatGLM3/compile: export_onnx.py, compile.sh (f16)"),
+    FamilyModel("gpt_bigcode", "gpt_bigcode", HERE / "tiny_gpt_bigcode_f16.bmodel",
+                HERE / "reference_gpt_bigcode.json",
+                "LLM-TPU models/WizardCoder/compile: export_onnx.py, compile.sh (f16, f32 edges)"),
+)
+
+
+def reference_cases(reference: Path = HERE / "reference.json") -> list[ReferenceCase]:
+    data = json.loads(reference.read_text())
     return [ReferenceCase(list(c["prompt"]), list(c["tokens"]), list(c["gaps"])) for c in data["cases"]]

@@ -124,9 +124,10 @@ def test_rebuilt_model_gives_committed_tokens(built_engine: BuiltEngine, cmodel_
     if os.environ.get("LLMTPU_TESTMODEL_REBUILD") != "1":
         pytest.skip("set LLMTPU_TESTMODEL_REBUILD=1 to rebuild the tiny model with torch + tpu-mlir")
     subprocess.run(["bash", str(GENERATOR), str(tmp_path)], check=True, timeout=1800)  # noqa: S603, S607
-    rebuilt = json.loads((tmp_path / "reference.json").read_text())
-    committed = json.loads((testmodel.HERE / "reference.json").read_text())
-    assert rebuilt["cases"] == committed["cases"]
+    for family in testmodel.FAMILIES:
+        rebuilt = json.loads((tmp_path / family.reference.name).read_text())
+        committed = json.loads(family.reference.read_text())
+        assert rebuilt["cases"] == committed["cases"], family.name
     case = testmodel.reference_cases()[0]
     argv = engine_argv(built_engine.binary, str(tmp_path / "tiny_llama_f16.bmodel"), str(cmodel_lib))
     result = smoke_test(LocalTarget(), argv, case.prompt, len(case.tokens), TIMEOUT, case.tokens)

@@ -51,16 +51,25 @@ def test_broken_listing_is_one_clear_line(built_engine: BuiltEngine, tmp_path: P
                            "inputs=name:dtype[dims],... outputs=...`\n")
 
 
-def test_listing_matches_the_loaded_model(built_engine: BuiltEngine, cmodel_lib: Path) -> None:
-    """The committed listing is what the engine sees in the real bmodel, so the cases are real."""
-    committed = [line for line in (CASES / "llama_tiny_f16.txt").read_text().splitlines()
-                 if line.startswith("net ")]
-    argv = engine_argv(built_engine.binary, str(testmodel.bmodel_path("f16")), str(cmodel_lib))
+#: The listing of each committed tiny model, as the engine printed it.
+LISTINGS = {"llama": "llama_tiny_f16.txt", "qwen2": "qwen2_tiny_bf16.txt", "chatglm3": "chatglm3_tiny_f16.txt",
+            "gpt_bigcode": "gpt_bigcode_tiny_f16.txt"}
+
+
+@pytest.mark.parametrize("family", testmodel.FAMILIES, ids=lambda f: f.name)
+def test_listing_matches_the_loaded_model(built_engine: BuiltEngine, cmodel_lib: Path,
+                                          family: testmodel.FamilyModel) -> None:
+    """The committed listings are what the engine sees in the real bmodels, so the cases are real."""
+    listing = CASES / LISTINGS[family.name]
+    committed = [line for line in listing.read_text().splitlines() if line.startswith("net ")]
+    argv = engine_argv(built_engine.binary, str(family.bmodel), str(cmodel_lib))
     proc = subprocess.run(argv, input="info\nquit\n", capture_output=True, text=True,  # noqa: S603
                           timeout=TIMEOUT)
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("ready protocol=1 layers=2 seq=64 hidden=64 head=logits vocab=256 dtype=f16 ")
+    assert lines[0].startswith("ready protocol=1 " + header(listing, "expect").removeprefix("layout ") + " ")
     assert lines[1:] == [*committed, "end"]
     with EngineSession(argv, load_timeout=TIMEOUT) as session:
         ready = session.start()
-        assert (ready.head, ready.vocab, ready.can_sample) == ("logits", 256, True)
+        token_head = family.name == "gpt_bigcode"  # WizardCoder's lm_head ends in TopK
+        assert (ready.layout, ready.can_sample) == (family.layout, not token_head)
+        assert ready.vocab == (None if token_head else 256)

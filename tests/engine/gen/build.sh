@@ -7,10 +7,11 @@
 #    - venv-export: Python 3.11 + CPU torch 2.13 + onnx, for tiny_llama.py (model, ONNX, reference)
 #    - venv-compile: Python 3.10 + the tpu_mlir 1.30.2 wheel (its Python tools need 3.10) with
 #      only the packages its ONNX path imports, for compile.sh
-# 2. tiny_llama.py exports 7 ONNX parts and reference.json
+# 2. tiny_llama.py exports 7 ONNX parts and reference.json; tiny_qwen2.py, tiny_chatglm3.py and
+#    tiny_gpt_bigcode.py the same for Qwen2, ChatGLM3 and GPT-BigCode (WizardCoder) in LLM-TPU's layouts for them
 # 3. compile.sh makes tiny_llama_f16.bmodel, tiny_llama_w8bf16.bmodel and tiny_llama_f16tok.bmodel
 #    (f16 with llm_convert's default lm_head, which gives a token id instead of logits)
-# Takes about 2 minutes when the venvs are missing, 30 s after; needs ~1.5 GB in build/.
+# Takes about 4 minutes when the venvs are missing, 2 minutes after (5 bmodels); needs ~1.5 GB in build/.
 # Environment: TESTMODEL_WORK (default build/testmodel), TORCH_WHEEL (default: the local CPU wheel in /opt/wheels, else torch==2.13.0
 # from the package index), PYTHON310 / PYTHON311 (interpreters for the two venvs).
 set -euo pipefail
@@ -73,4 +74,18 @@ for mode in f16 w8bf16 f16tok; do
     "$out/tiny_llama_$mode.bmodel"
 done
 cp "$work/onnx/reference.json" "$out/reference.json"
+
+# The other architectures, each in LLM-TPU's layout and quantisation for it.
+"$work/venv-export/bin/python" "$here/tiny_qwen2.py" "$work/onnx-qwen2"
+bash "$here/compile.sh" "$work/venv-compile" "$work/onnx-qwen2" "$work/compile-qwen2" bf16-io-alone \
+  "$out/tiny_qwen2_bf16.bmodel"
+cp "$work/onnx-qwen2/reference.json" "$out/reference_qwen2.json"
+"$work/venv-export/bin/python" "$here/tiny_chatglm3.py" "$work/onnx-chatglm3"
+bash "$here/compile.sh" "$work/venv-compile" "$work/onnx-chatglm3" "$work/compile-chatglm3" f16 \
+  "$out/tiny_chatglm3_f16.bmodel"
+cp "$work/onnx-chatglm3/reference.json" "$out/reference_chatglm3.json"
+"$work/venv-export/bin/python" "$here/tiny_gpt_bigcode.py" "$work/onnx-bigcode"
+bash "$here/compile.sh" "$work/venv-compile" "$work/onnx-bigcode" "$work/compile-bigcode" bigcode-f16 \
+  "$out/tiny_gpt_bigcode_f16.bmodel"
+cp "$work/onnx-bigcode/reference.json" "$out/reference_gpt_bigcode.json"
 echo "tiny test model in $out"

@@ -49,6 +49,7 @@ class Config:
     seq: int = 64
     rope_theta: float = 10000.0
     seed: int = 0
+    qkv_bias: bool = False  # Qwen2 has biases on q, k and v
 
     @property
     def head_dim(self) -> int:
@@ -85,9 +86,12 @@ class Block(nn.Module):
         self.cfg = cfg
         d = cfg.head_dim
         self.attn_norm = RMSNorm(cfg.hidden)
-        self.q = nn.Linear(cfg.hidden, cfg.heads * d, bias=False)
-        self.k = nn.Linear(cfg.hidden, cfg.kv_heads * d, bias=False)
-        self.v = nn.Linear(cfg.hidden, cfg.kv_heads * d, bias=False)
+        self.q = nn.Linear(cfg.hidden, cfg.heads * d, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.hidden, cfg.kv_heads * d, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.hidden, cfg.kv_heads * d, bias=cfg.qkv_bias)
+        if cfg.qkv_bias:  # large enough to matter, so a runtime that dropped them would be caught
+            for linear in (self.q, self.k, self.v):
+                nn.init.normal_(linear.bias, std=0.5)
         self.o = nn.Linear(cfg.heads * d, cfg.hidden, bias=False)
         self.mlp_norm = RMSNorm(cfg.hidden)
         self.gate = nn.Linear(cfg.hidden, cfg.inter, bias=False)
