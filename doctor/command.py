@@ -114,6 +114,7 @@ def run_fix(args: argparse.Namespace, target: Any, options: DoctorOptions) -> in
     """
     import json
 
+    from llmtpu.provision.debs import ApplyInterrupted, RefusedInput
     from llmtpu.provision.fixes import doctor_fix
     from llmtpu.provision.operation import ConfirmationRefused, OperationError
 
@@ -121,7 +122,10 @@ def run_fix(args: argparse.Namespace, target: Any, options: DoctorOptions) -> in
     try:
         fixed = doctor_fix(target, options, assume_yes=args.yes, out=sys.stderr if args.json else sys.stdout,
                            sources=sources, only=args.only, argv=sys.argv[1:])
-    except ConfirmationRefused as exc:
+    except ApplyInterrupted as exc:  # the message holds the way back
+        print(f"llmtpu: {exc}", file=sys.stderr)
+        return 130
+    except (ConfirmationRefused, RefusedInput) as exc:
         raise UsageError(str(exc)) from exc
     except OperationError as exc:
         print(f"llmtpu: fix failed: {exc}", file=sys.stderr)
