@@ -118,9 +118,9 @@ def _show(target: Any, as_json: bool) -> int:
     return 0
 
 
-def _print_plans(plans: list[Any]) -> None:
+def _print_plans(target: Any, plans: list[Any]) -> None:
     for plan in plans:
-        for line in plan.lines():
+        for line in plan.lines(target.root):
             print(line)
 
 
@@ -129,7 +129,7 @@ def _apply(target: Any, args: argparse.Namespace) -> int:
 
     operation = _operation(args)
     plan = operation.plan(target)
-    _print_plans([plan])
+    _print_plans(target, [plan])
     if args.dry_run or plan.nothing_to_do:
         return 0
     if not confirm([plan], args.yes):
@@ -155,7 +155,7 @@ def _undo(target: Any, args: argparse.Namespace) -> int:
         return 0
     operations = [(CLOCK_OPERATIONS[r.operation](), r) for r in records]
     plans = [op.plan_undo(target, r) for op, r in operations]
-    _print_plans(plans)
+    _print_plans(target, plans)
     if len(records) > 1:
         print("  note: records are undone newest first, ending at the rates saved before the first apply")
     if args.dry_run:
