@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from llmtpu.provision.debs import ApplyInterrupted, RefusedInput
     from llmtpu.provision.operation import ConfirmationRefused, OperationError, ask_to_apply
     from llmtpu.provision.registry import debs_source_from_args, operation_ids
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     if args.list:
         for name in builtin_names():
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except (PlaybookError, ConfirmationRefused, RefusedInput) as exc:
         raise UsageError(str(exc)) from exc
-    except OperationError as exc:
+    except (OperationError, TargetError, OSError) as exc:  # a refused file access too: one line
         print(f"llmtpu: play failed: {exc}", file=sys.stderr)
         return 2
     if played.outcomes is None:

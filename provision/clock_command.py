@@ -56,7 +56,7 @@ def _rates(args: argparse.Namespace) -> dict[str, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     from llmtpu.provision.operation import OperationError
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     local_root(args.root)
     if args.json and args.action != "show":
@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_IN_EFFECT
 
 
 def _operation(args: argparse.Namespace) -> Any:

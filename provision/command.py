@@ -139,7 +139,7 @@ def run_mirror_create(args: argparse.Namespace) -> int:
 def run_debs(args: argparse.Namespace) -> int:
     from llmtpu.provision import debs, registry
     from llmtpu.provision.operation import ConfirmationRefused, Journal, OperationError, confirm
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     target = LocalTarget(local_root(args.root))
     sources = registry.debs_source_from_args(args)
@@ -165,6 +165,9 @@ def run_debs(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     except OperationError as exc:
         return _fail(str(exc))
+    except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"verify: {problem}")
     print("verified" if not problems else f"{len(problems)} problem(s) left")
@@ -175,7 +178,7 @@ def run_undo(args: argparse.Namespace) -> int:
     from llmtpu.provision import undo
     from llmtpu.provision.debs import RefusedInput, deferred_interrupts
     from llmtpu.provision.operation import OperationError, confirm
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     target = LocalTarget(local_root(args.root))
     try:
@@ -200,5 +203,8 @@ def run_undo(args: argparse.Namespace) -> int:
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED if isinstance(exc, RefusedInput) else EXIT_FAILED
+    except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return 2
     print("undone")
     return 0

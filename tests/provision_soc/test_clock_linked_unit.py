@@ -46,3 +46,19 @@ def test_heaps_undo_restores_a_linked_boot_image_as_a_link(sysroot) -> None:
     record.path = "/var/lib/llmtpu/journal/x-heaps.resize.json"
     ResizeHeaps().undo(target, record)
     assert image.is_symlink() and os.readlink(image) == "/boot/images/emmcboot-v1.itb"
+
+
+def test_a_symlink_loop_in_the_unit_path_is_one_line_and_exit_2(board, capsys) -> None:  # noqa: F811
+    root, _driver = board
+    systemd = root / "etc/systemd"
+    systemd.mkdir(parents=True, exist_ok=True)
+    if (systemd / "system").exists() or (systemd / "system").is_symlink():
+        import shutil
+
+        shutil.rmtree(systemd / "system")
+    os.symlink("loop-b", systemd / "system")
+    os.symlink("system", systemd / "loop-b")
+    code = main(["clock", "persist", "--root", str(root), "--tpll", "750MHz", "--yes"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("llmtpu: error: ") and "Traceback" not in err
