@@ -114,16 +114,21 @@ def run_fix(args: argparse.Namespace, target: Any, options: DoctorOptions) -> in
     """
     import json
 
+    from llmtpu.provision.debs import ApplyInterrupted, RefusedInput
     from llmtpu.provision.fixes import doctor_fix
     from llmtpu.provision.operation import ConfirmationRefused, OperationError
+    from llmtpu.target import TargetError
 
     sources = debs_source_from_args(args)
     try:
         fixed = doctor_fix(target, options, assume_yes=args.yes, out=sys.stderr if args.json else sys.stdout,
                            sources=sources, only=args.only, argv=sys.argv[1:])
-    except ConfirmationRefused as exc:
+    except ApplyInterrupted as exc:  # the message holds the way back
+        print(f"llmtpu: {exc}", file=sys.stderr)
+        return 130
+    except (ConfirmationRefused, RefusedInput) as exc:
         raise UsageError(str(exc)) from exc
-    except OperationError as exc:
+    except (OperationError, TargetError, OSError) as exc:  # a refused file access too: one line
         print(f"llmtpu: fix failed: {exc}", file=sys.stderr)
         return 2
     if args.json and fixed.result != "rerun with sudo":  # the sudo run prints its own document

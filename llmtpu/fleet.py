@@ -153,7 +153,7 @@ def live_progress(total: int, console: Any, what: str = "checking") -> Iterator[
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[last]}"), console=console, transient=True)
-    task = progress.add_task(f"{what} {total} hosts", total=total, last="")
+    task = progress.add_task(f"{what} {total} host{'' if total == 1 else 's'}", total=total, last="")
     active: set[str] = set()
     lock = threading.Lock()
 

@@ -1,9 +1,9 @@
 """`llmtpu hosts`: see which machines a run would reach, and trust a machine's host key.
 Also the host-selection options (--inventory, --hosts, --limit, ...) every fleet command takes.
 
-``llmtpu hosts trust HOST`` connects (without logging in), shows the key's fingerprint and
-records it in llmtpu's known_hosts only after a yes: ``--yes``, a matching ``--fingerprint``
-(compare with ``ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`` on the machine's console),
+`llmtpu hosts trust HOST` connects (without logging in), shows the key's fingerprint and
+records it in llmtpu's known_hosts only after a yes: `--yes`, a matching `--fingerprint`
+(compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the machine's console),
 or an answer at the prompt. A key that differs from one on record is never replaced here.
 """
 
@@ -21,6 +21,9 @@ EXIT_OK = 0
 EXIT_NOT_TRUSTED = 3
 
 
+INVENTORY_HELP = "Ansible inventory (INI, YAML, `ansible-inventory --list` JSON; `-` reads stdin)"
+
+
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("hosts", help="list the machines of an inventory; trust their SSH host keys",
                                  description=__doc__)
@@ -28,7 +31,7 @@ def add_parser(commands: Any) -> None:
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--inventory", "-i", metavar="FILE", help="Ansible-style inventory (INI or YAML)")
+        p.add_argument("--inventory", "-i", metavar="FILE", help=INVENTORY_HELP)
         p.add_argument("--ssh-config", metavar="FILE", help="OpenSSH client config (default ~/.ssh/config)")
 
     listing = sub.add_parser("list", help="the hosts a run would reach, and whether their keys are known")
@@ -50,7 +53,7 @@ def add_parser(commands: Any) -> None:
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every command that works on remote machines (doctor now, more later)."""
     fleet = parser.add_argument_group("machines over SSH")
-    fleet.add_argument("--inventory", "-i", metavar="FILE", help="Ansible-style inventory (INI or YAML)")
+    fleet.add_argument("--inventory", "-i", metavar="FILE", help=INVENTORY_HELP)
     fleet.add_argument("--hosts", metavar="A,B,C", help="comma-separated hosts ([user@]host[:port], ssh aliases)")
     fleet.add_argument("--limit", "-l", metavar="PATTERN",
                        help="only hosts matching an Ansible pattern (group, glob, !x)")
@@ -117,7 +120,7 @@ def run_list(args: argparse.Namespace) -> int:
         json.dump({"schema": "llmtpu.hosts/1", "hosts": rows}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
-    table = Table(title=f"{len(rows)} hosts")
+    table = Table(title=f"{len(rows)} host{'' if len(rows) == 1 else 's'}")
     for column in ("host", "address", "root", "groups", "host key"):
         table.add_column(column, overflow="fold")
     for row in rows:

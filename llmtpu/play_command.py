@@ -92,9 +92,10 @@ def play_on(book: Any, target: Any, options: Any, state_dir: Path, dry_run: bool
 def run(args: argparse.Namespace) -> int:
     from llmtpu.doctor.checks import DEFAULT_MODEL, DoctorOptions, check_ids
     from llmtpu.playbook import PlaybookError, builtin_names, parse_playbook, read_playbook_text
+    from llmtpu.provision.debs import ApplyInterrupted, RefusedInput
     from llmtpu.provision.operation import ConfirmationRefused, OperationError, ask_to_apply
     from llmtpu.provision.registry import debs_source_from_args, operation_ids
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     if args.list:
         for name in builtin_names():
@@ -133,9 +134,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         played = play_on(book, target, options, state_dir, args.dry_run, args.restart, confirm, variables, sources)
-    except (PlaybookError, ConfirmationRefused) as exc:
+    except ApplyInterrupted as exc:  # the message holds the way back
+        print(f"llmtpu: {exc}", file=sys.stderr)
+        return 130
+    except (PlaybookError, ConfirmationRefused, RefusedInput) as exc:
         raise UsageError(str(exc)) from exc
-    except OperationError as exc:
+    except (OperationError, TargetError, OSError) as exc:  # a refused file access too: one line
         print(f"llmtpu: play failed: {exc}", file=sys.stderr)
         return 2
     if played.outcomes is None:

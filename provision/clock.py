@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 
 from llmtpu.doctor.checks import SEED_DOWNCLOCK, SOC_DEFAULT_CLOCKS
 from llmtpu.doctor.facts import SOC_CLOCKS, TOP_CLOCK, soc_clocks
-from llmtpu.provision.operation import Change, Journal, JournalRecord, Operation, OperationError, Plan
+from llmtpu.provision.operation import Change, Journal, JournalRecord, Operation, OperationError, Plan, restore_backup
 from llmtpu.target import Target, TargetError
 
 UNIT_NAME = "llmtpu-clock.service"
@@ -307,7 +307,7 @@ class ClockPersist(Operation):
                 else:
                     target.remove(WANTS_LINK)
             elif change.what.startswith("restore"):
-                target.write_atomic(UNIT_PATH, target.read_bytes(entry.undo["backup"]), backup=False)
+                restore_backup(target, entry.undo["backup"], UNIT_PATH)
             else:
                 target.remove(UNIT_PATH)
         if live and plan.changes:

@@ -56,7 +56,7 @@ def _rates(args: argparse.Namespace) -> dict[str, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     from llmtpu.provision.operation import OperationError
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     local_root(args.root)
     if args.json and args.action != "show":
@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_IN_EFFECT
 
 
 def _operation(args: argparse.Namespace) -> Any:
@@ -118,9 +121,9 @@ def _show(target: Any, as_json: bool) -> int:
     return 0
 
 
-def _print_plans(plans: list[Any]) -> None:
+def _print_plans(target: Any, plans: list[Any]) -> None:
     for plan in plans:
-        for line in plan.lines():
+        for line in plan.lines(target.root):
             print(line)
 
 
@@ -129,7 +132,7 @@ def _apply(target: Any, args: argparse.Namespace) -> int:
 
     operation = _operation(args)
     plan = operation.plan(target)
-    _print_plans([plan])
+    _print_plans(target, [plan])
     if args.dry_run or plan.nothing_to_do:
         return 0
     if not confirm([plan], args.yes):
@@ -155,7 +158,7 @@ def _undo(target: Any, args: argparse.Namespace) -> int:
         return 0
     operations = [(CLOCK_OPERATIONS[r.operation](), r) for r in records]
     plans = [op.plan_undo(target, r) for op, r in operations]
-    _print_plans(plans)
+    _print_plans(target, plans)
     if len(records) > 1:
         print("  note: records are undone newest first, ending at the rates saved before the first apply")
     if args.dry_run:

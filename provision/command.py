@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from llmtpu.clikit import local_root
+from llmtpu.provision.registry import add_debs_source_arguments
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 64
@@ -30,7 +31,8 @@ def add_parser(commands: Any) -> None:
         description="Download Sophgo's files with dfss, or from a mirror made by `llmtpu mirror create` "
                     "(http(s)://, file://, sftp://) with resume and sha256 checks. Prints the placed paths.")
     fetch_parser.add_argument("what", choices=["driver", "libsophon", "libsophon-dev", "debs", "sdcard"])
-    fetch_parser.add_argument("--version", help="deb release (default: sources.toml's default)")
+    fetch_parser.add_argument("--version", "--deb-version", dest="version",
+                              help="deb release (default: sources.toml's default)")
     fetch_parser.add_argument("--mirror", metavar="URL", help="mirror to use instead of Sophgo's dfss")
     fetch_parser.add_argument("--dest", default=".", metavar="DIR", help="folder to place the files in (default .)")
     fetch_parser.add_argument("--known-hosts", metavar="FILE",
@@ -48,18 +50,15 @@ def add_parser(commands: Any) -> None:
 
     debs_parser = commands.add_parser(
         "debs", help="install the sophon debs with dpkg: plan, apply, verify",
-        description="Install sophon-driver, sophon-libsophon, sophon-libsophon-dev from a folder of .debs "
-                    "(see `llmtpu fetch debs`) with dpkg, on this machine or a sysroot (--root). "
-                    "`plan` only reads; `apply` shows the plan, asks, applies, verifies; `llmtpu undo` reverts.")
+        description="Install sophon-driver, sophon-libsophon, sophon-libsophon-dev with dpkg, on this machine "
+                    "or a sysroot (--root), from a folder of .debs (--debs), a mirror (--mirror) or Sophgo's "
+                    "dfss (the default; fetched only after you agreed to the plan). `plan` only reads; `apply` "
+                    "shows the plan, asks, applies, verifies; `llmtpu undo` reverts.")
     debs_parser.add_argument("action", choices=["plan", "apply"])
-    debs_parser.add_argument("--debs", required=True, metavar="DIR", help="folder holding the .deb files")
     debs_parser.add_argument("--root", default="/", metavar="DIR", help="install into this sysroot instead of /")
     debs_parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     debs_parser.add_argument("--yes", action="store_true", help="apply without asking")
-    debs_parser.add_argument("--scripts-on-this-machine", action="store_true",
-                             help="with --root and no way to run the maintainer scripts inside it (no /bin/sh in "
-                                  "it, or not root): run them on this machine with $DPKG_ROOT set; a script that "
-                                  "ignores $DPKG_ROOT then changes this machine")
+    add_debs_source_arguments(debs_parser)
     debs_parser.set_defaults(run=run_debs)
 
     undo_parser = commands.add_parser(
@@ -138,15 +137,17 @@ def run_mirror_create(args: argparse.Namespace) -> int:
 
 
 def run_debs(args: argparse.Namespace) -> int:
-    from llmtpu.provision import debs
+    from llmtpu.provision import debs, registry
     from llmtpu.provision.operation import ConfirmationRefused, Journal, OperationError, confirm
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     target = LocalTarget(local_root(args.root))
+    sources = registry.debs_source_from_args(args)
     try:
-        operation = debs.InstallDebs(debs.debs_in(args.debs), scripts_here=args.scripts_on_this_machine)
+        operation = registry.operation_for("debs.install", target, sources.as_args())
+        assert operation is not None  # the registry always has debs.install
         plan = operation.plan(target)
-        print("\n".join(plan.lines()))
+        print("\n".join(plan.lines(target.root)))
         if args.action == "plan" or args.dry_run or plan.nothing_to_do:
             return 0
         if plan.needs_root and os.geteuid() != 0:
@@ -164,6 +165,9 @@ def run_debs(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     except OperationError as exc:
         return _fail(str(exc))
+    except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"verify: {problem}")
     print("verified" if not problems else f"{len(problems)} problem(s) left")
@@ -174,14 +178,14 @@ def run_undo(args: argparse.Namespace) -> int:
     from llmtpu.provision import undo
     from llmtpu.provision.debs import RefusedInput, deferred_interrupts
     from llmtpu.provision.operation import OperationError, confirm
-    from llmtpu.target import LocalTarget
+    from llmtpu.target import LocalTarget, TargetError
 
     target = LocalTarget(local_root(args.root))
     try:
         entry = undo.newest(target)
         plan = undo.plan_undo(target, entry)
         print(f"undo {entry.operation} applied {entry.started} ({entry.path})")
-        print("\n".join(plan.lines()))
+        print("\n".join(plan.lines(target.root)))
         if args.dry_run:
             return 0
         if plan.needs_root and os.geteuid() != 0:
@@ -199,5 +203,8 @@ def run_undo(args: argparse.Namespace) -> int:
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED if isinstance(exc, RefusedInput) else EXIT_FAILED
+    except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
+        print(f"llmtpu: error: {exc}", file=sys.stderr)
+        return 2
     print("undone")
     return 0

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 
 from llmtpu.doctor.facts import ion_heaps
-from llmtpu.provision.operation import Change, Journal, JournalRecord, Operation, OperationError, Plan
+from llmtpu.provision.operation import Change, Journal, JournalRecord, Operation, OperationError, Plan, restore_backup
 from llmtpu.target import Target, TargetError
 
 BOOT_IMAGE = "/boot/emmcboot.itb"  # BM1684/BM1684X; BM1688 uses /boot/boot.itb
@@ -131,8 +131,7 @@ class ResizeHeaps(Operation):
     def undo(self, target: Target, entry: JournalRecord) -> Plan:
         plan = self.plan_undo(target, entry)
         if plan.changes:
-            target.write_atomic(BOOT_IMAGE, target.read_bytes(entry.undo["backup"], limit=1 << 30),
-                                mode=0o755, backup=False)
+            restore_backup(target, entry.undo["backup"], BOOT_IMAGE, mode=0o755)
         Journal(target).mark_undone(entry)
         return plan
 

@@ -146,6 +146,16 @@ class Operation(ABC):
         """Put back what ``entry`` recorded; returns the plan it carried out."""
 
 
+def restore_backup(target: Target, backup: str, path: str, mode: int = 0o644, limit: int = 1 << 30) -> None:
+    """Put ``backup`` back at ``path`` as what it is: a replaced link comes back as that link
+    (its text, never followed), a file as its bytes."""
+    st = target.lstat(backup)
+    if st is not None and st.kind == "link":
+        target.symlink(target.readlink(backup), path)
+    else:
+        target.write_atomic(path, target.read_bytes(backup, limit=limit), mode=mode, backup=False)
+
+
 def confirm(plans: list[Plan], assume_yes: bool, stdin: TextIO | None = None, out: TextIO | None = None) -> bool:
     """Ask before applying plans; False when there is nothing to do."""
     if all(p.nothing_to_do for p in plans):

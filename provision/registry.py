@@ -34,11 +34,13 @@ class FixSources:
     mirror: str | None = None
     version: str | None = None
     download_dir: str = field(default_factory=lambda: os.path.expanduser("~/.cache/llmtpu/downloads"))
+    #: opt-in: a sysroot without /bin/sh (or without root here) runs the debs' scripts on this machine
+    scripts_here: bool = False
 
     def as_args(self) -> dict[str, Any]:
         """The arguments the registry's factories take."""
         return {"debs_dir": self.debs_dir, "mirror": self.mirror, "version": self.version,
-                "download_dir": self.download_dir}
+                "download_dir": self.download_dir, "scripts_here": self.scripts_here}
 
 
 def add_debs_source_arguments(parser: Any) -> None:
@@ -49,6 +51,10 @@ def add_debs_source_arguments(parser: Any) -> None:
     parser.add_argument("--deb-version", metavar="V",
                         help="sophon deb release to fetch (default: the loaded driver's release in a "
                              "container, else sources.toml's default)")
+    parser.add_argument("--scripts-on-this-machine", action="store_true", dest="scripts_here",
+                        help="with --root and no way to run the debs' maintainer scripts inside it (no /bin/sh "
+                             "in it, or not root): run them on this machine with $DPKG_ROOT set; a script that "
+                             "ignores $DPKG_ROOT then changes this machine")
 
 
 def debs_source_from_args(args: Any) -> FixSources:
@@ -59,7 +65,8 @@ def debs_source_from_args(args: Any) -> FixSources:
         raise UsageError("--debs and --mirror both name where the debs come from: give one")
     if args.debs and not os.path.isdir(args.debs):
         raise UsageError(f"--debs {args.debs}: not a folder; fetch the debs into it with `llmtpu fetch debs`")
-    return FixSources(debs_dir=args.debs, mirror=args.mirror, version=args.deb_version)
+    return FixSources(debs_dir=args.debs, mirror=args.mirror, version=args.deb_version,
+                      scripts_here=bool(getattr(args, "scripts_here", False)))
 
 
 def _container_driver_release(target: Target, known: Sequence[str]) -> str | None:
@@ -85,9 +92,11 @@ class FetchAndInstallDebs(Operation):
     id = "debs.install"
     summary = "fetch the sophon debs, then install them with dpkg"
 
-    def __init__(self, version: str, parts: Sequence[str], folder: str, mirror: str | None) -> None:
+    def __init__(self, version: str, parts: Sequence[str], folder: str, mirror: str | None,
+                 scripts_here: bool = False) -> None:
         from llmtpu.provision import fetch
 
+        self.scripts_here = scripts_here
         self.version = version
         self.artifacts = [a for a in fetch.artifacts("debs", version) if a.part in parts]
         self.folder = folder
@@ -103,7 +112,8 @@ class FetchAndInstallDebs(Operation):
         from llmtpu.provision import debs
 
         wanted = {f"sophon-{a.part}" for a in self.artifacts}
-        return debs.InstallDebs([d for d in debs.debs_in(self.folder) if d.package in wanted])
+        return debs.InstallDebs([d for d in debs.debs_in(self.folder) if d.package in wanted],
+                                scripts_here=self.scripts_here)
 
     def plan(self, target: Target) -> Plan:
         if self._present():
@@ -158,15 +168,16 @@ def _install_debs(target: Target, args: dict[str, Any]) -> Operation:
     releases = fetch.load_sources()["debs"]
     container_release = _container_driver_release(target, list(releases))
     folder = args.get("debs_dir")
+    scripts_here = bool(args.get("scripts_here"))
     if folder is not None:
         found = debs.debs_in(folder)
         if container_release is None:
-            return debs.InstallDebs(found)
+            return debs.InstallDebs(found, scripts_here=scripts_here)
         if found[0].version != container_release:
             raise OperationError(f"--debs {folder} holds libsophon {found[0].version} but the host's driver is "
                                  f"{container_release}; in a container libsophon must match the host's driver "
                                  f"({DOCKER_RULE_SOURCE}): give a folder with the {container_release} debs")
-        return debs.InstallDebs([d for d in found if d.package != "sophon-driver"])
+        return debs.InstallDebs([d for d in found if d.package != "sophon-driver"], scripts_here=scripts_here)
     version = args.get("version") or container_release or fetch.load_sources()["defaults"]["debs"]
     if container_release is not None and version != container_release:
         raise OperationError(f"--deb-version {version}: the host's driver is {container_release}, and in a container "
@@ -176,7 +187,8 @@ def _install_debs(target: Target, args: dict[str, Any]) -> Operation:
                              f"{', '.join(sorted(releases))}")
     download_dir = args.get("download_dir") or os.path.expanduser("~/.cache/llmtpu/downloads")
     parts = CONTAINER_PARTS if container_release is not None else fetch.DEB_PARTS
-    return FetchAndInstallDebs(version, parts, os.path.join(download_dir, f"debs-{version}"), args.get("mirror"))
+    return FetchAndInstallDebs(version, parts, os.path.join(download_dir, f"debs-{version}"), args.get("mirror"),
+                               scripts_here)
 
 
 def _configure_debs(target: Target, args: dict[str, Any]) -> Operation:

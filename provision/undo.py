@@ -13,6 +13,7 @@ from typing import Protocol
 from llmtpu.provision import debs
 from llmtpu.provision.clock import ClockApply, ClockPersist
 from llmtpu.provision.heaps import ResizeHeaps
+from llmtpu.provision.monitor import MonitorInstall
 from llmtpu.provision.operation import Journal, JournalRecord, OperationError, Plan
 from llmtpu.target import Target
 
@@ -41,6 +42,7 @@ UNDOERS: dict[str, Undoer] = {
     "clock.apply": by_operation(ClockApply),
     "clock.persist": by_operation(ClockPersist),
     "heaps.resize": by_operation(ResizeHeaps),
+    "monitor.install": by_operation(MonitorInstall),
 }
 
 
