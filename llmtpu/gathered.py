@@ -45,7 +45,7 @@ class GatheredTarget(SSHTarget):
     def close(self) -> None:
         """Nothing of ours to close: the transport belongs to the caller."""
 
-    def _exec(self, command: str, input: bytes | None, timeout: float) -> tuple[int, bytes, bytes, bool]:
+    def execute(self, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes, bool]:
         """One command through the caller's transport, bounded by ``timeout``: a transport that
         hangs is left behind (its thread is a daemon) and the read counts as timed out."""
         self.round_trips += 1
@@ -54,7 +54,7 @@ class GatheredTarget(SSHTarget):
 
         def work() -> None:
             try:
-                answer.append(self._execute(command, input, timeout))
+                answer.append(self._execute(command, stdin, timeout))
             except BaseException as exc:  # handed to the caller's thread below
                 failure.append(exc)
 

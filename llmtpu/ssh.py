@@ -47,6 +47,7 @@ from llmtpu.target import (
     CommandResult,
     DiskUsage,
     FileStat,
+    PathRefused,
     Target,
     TargetError,
     kind_of_mode,
@@ -69,6 +70,11 @@ PREFETCH_BUDGET = 32 << 20
 MAX_ENTRIES = 20000
 #: Folder depth a prefetched folder is walked to.
 MAX_DEPTH = 16
+
+#: Commands the doctor runs on a real machine (doctor/kernel_log.py, doctor/facts.py), with the
+#: timeouts it gives them: the prefetch runs them in its own remote command and run() answers
+#: from that, so a whole doctor is one command (one login shell) per board.
+PREFETCH_COMMANDS: tuple[tuple[tuple[str, ...], float], ...] = ((("dmesg",), 15.0), (("bm_version",), 10.0))
 
 #: Connection failures, by what the user should do about them.
 UNREACHABLE = "unreachable"
@@ -114,84 +120,250 @@ class SSHOptions:
 
 
 # ---------------------------------------------------------------------------------------
-# The remote side of a prefetch. Python 3.5+, standard library only, no f-strings.
+# The remote side: one program for reads (a prefetch, with the commands the doctor will ask
+# for) and for each write. Python 3.5+, standard library only, no f-strings. Its input is one
+# JSON line, then the bytes a write stores. Under a root every path is walked from a
+# descriptor of the root with O_NOFOLLOW, exactly as LocalTarget walks a sysroot (see
+# llmtpu/target.py, "Confinement"): links are read, never followed by the board's kernel.
 
 GATHER_SCRIPT = r"""
-import errno, json, os, stat, sys
-spec = json.loads(sys.stdin.read())
+import errno, json, os, posixpath, stat, sys
+inp = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
+spec = json.loads(inp.readline().decode("utf-8"))
 root = spec["root"]
+confined = root != ""
 out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
-budget = [spec["budget"]]
+budget = [spec.get("budget", 0)]
 entries = [0]
 seen = {}
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+OPATH = getattr(os, "O_PATH", 0)
+WALK = (OPATH or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | CLOEXEC
+FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | CLOEXEC
+READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | CLOEXEC
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | CLOEXEC
+PATHONLY = (OPATH or (os.O_RDONLY | os.O_NONBLOCK)) | os.O_NOFOLLOW | CLOEXEC
+KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link", stat.S_IFCHR: "char",
+         stat.S_IFBLK: "block", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
+
+class Refused(OSError):
+    pass
+
+def refused(code, reason):
+    return Refused(code, reason)
+
+def kind(mode):
+    return KINDS.get(stat.S_IFMT(mode), "other")
 
 def emit(rec, data=b""):
     rec["n"] = len(data)
     out.write(json.dumps(rec).encode("ascii") + b"\n")
     out.write(data)
 
-def host(path):
-    return root + path if path != "/" else (root or "/")
+def error(rec, key, e):
+    rec[key] = e.errno or errno.EIO
+    if isinstance(e, Refused):
+        rec[key + "r"] = e.strerror
 
-def read(h, cap):
-    fd = os.open(h, os.O_RDONLY | os.O_NONBLOCK)
+def parts_of(path):
+    return [p for p in path.split("/") if p]
+
+def stand_in(dfd, name):
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode) or not 1 < st.st_size < 4096:
+        return None
+    fd = os.open(name, READ, dir_fd=dfd)
     try:
-        chunks, size, want = [], 0, min(cap, budget[0]) + 1
-        while size < want:
-            chunk = os.read(fd, min(65536, want - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = os.read(fd, 4096)
     finally:
         os.close(fd)
+    if 1 < len(data) < 4096 and data.startswith(b"/") and b"\n" not in data and b"\0" not in data:
+        return data.decode("utf-8", "replace")
+    return None
+
+def link_at(dfd, name, e):
+    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+        return None
+    try:
+        return os.readlink(name, dir_fd=dfd)
+    except OSError:
+        pass
+    if e.errno != errno.ENOTDIR or not confined:
+        return None
+    try:
+        return stand_in(dfd, name)
+    except OSError:
+        return None
+
+def follow():
+    return OSError(errno.ELOOP, "follow")
+
+def walk(path, final, create=False):
+    # final(folder_fd, name) on what path names, every link followed inside the root
+    parts = parts_of(path)
+    hops = 0
+    fds = [os.open(root or "/", os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)]
+    try:
+        while True:
+            depth = len(fds) - 1
+            if depth == len(parts):
+                return final(fds[-1], ".")
+            part = parts[depth]
+            try:
+                if depth == len(parts) - 1:
+                    return final(fds[-1], part)
+                fds.append(os.open(part, WALK, dir_fd=fds[-1]))
+                continue
+            except Refused:
+                raise
+            except OSError as e:
+                if create and e.errno == errno.ENOENT and depth < len(parts) - 1:
+                    try:
+                        os.mkdir(part, 0o777, dir_fd=fds[-1])
+                    except OSError as made:
+                        if made.errno != errno.EEXIST:
+                            raise
+                    continue
+                link = link_at(fds[-1], part, e)
+                if link is None:
+                    if e.strerror == "follow":
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                    raise
+            hops += 1
+            if hops > 40:
+                raise refused(errno.ELOOP, "too many levels of symbolic links")
+            here = "/" + "/".join(parts[:depth])
+            parts = parts_of(posixpath.normpath(posixpath.join(here, link))) + parts[depth + 1:]
+            while len(fds) > 1:
+                os.close(fds.pop())
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+def lstat_at(d, n):
+    return os.stat(n, dir_fd=d, follow_symlinks=False)
+
+def only_regular(st):
+    k = kind(st.st_mode)
+    if k == "link":
+        raise follow()
+    if k == "dir":
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if k != "file":
+        raise refused(errno.EINVAL, "is a " + k + ", not a regular file; llmtpu opens only regular files under a root")
+
+def read_fd(fd, cap):
+    chunks, size, want = [], 0, min(cap, budget[0]) + 1
+    while size < want:
+        chunk = os.read(fd, min(65536, want - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
     data = b"".join(chunks)
-    complete = len(data) <= min(cap, budget[0])
-    data = data[:min(cap, budget[0])]
-    budget[0] -= len(data)
-    return data, complete
+    keep = min(cap, budget[0])
+    budget[0] -= min(len(data), keep)
+    return data[:keep], len(data) <= keep
+
+def target_of(path, content, cap, named):
+    # (stat of what path leads to, content or None): links followed inside the root
+    def here(d, n):
+        st = lstat_at(d, n)
+        if stat.S_ISLNK(st.st_mode):
+            raise follow()
+        if not content or stat.S_ISDIR(st.st_mode):
+            return st, None
+        if not stat.S_ISREG(st.st_mode):
+            only_regular(st)
+        if budget[0] <= 0 or not (named or st.st_size <= cap):
+            return st, None
+        fd = os.open(n, READ, dir_fd=d)
+        try:
+            only_regular(os.fstat(fd))
+            return st, read_fd(fd, cap)
+        finally:
+            os.close(fd)
+    if confined:
+        return walk(path, here)
+    st = os.stat(path)
+    if not content or stat.S_ISDIR(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        return st, None
+    if budget[0] <= 0 or not (named or st.st_size <= cap):
+        return st, None
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    try:
+        return st, read_fd(fd, cap)
+    finally:
+        os.close(fd)
+
+def names_of(path):
+    if not confined:
+        return os.listdir(path)
+    def here(d, n):
+        fd = os.open(n, FOLDER, dir_fd=d)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+    return walk(path, here)
+
+def may(path, flags):
+    if not confined:
+        return os.access(path, flags)
+    def here(d, n):
+        if stat.S_ISLNK(lstat_at(d, n).st_mode):
+            raise follow()
+        return os.access(n, flags, dir_fd=d, follow_symlinks=False)
+    try:
+        return walk(path, here)
+    except OSError:
+        return False
 
 def visit(path, depth, content, cap, named, access):
     if seen.get(path, -2) >= depth and not named:
         return
     seen[path] = max(depth, seen.get(path, -2))
     entries[0] += 1
-    h = host(path)
     try:
-        st = os.lstat(h)
+        st = walk(path, lstat_at) if confined else os.lstat(path)
     except OSError as e:
-        emit({"p": path, "e": e.errno})
+        rec = {"p": path}
+        error(rec, "e", e)
+        emit(rec)
         return
     rec = {"p": path, "m": st.st_mode, "u": st.st_uid, "g": st.st_gid, "s": st.st_size}
     data = b""
     isdir = stat.S_ISDIR(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
-        rec["l"] = os.readlink(h)
+        try:
+            rec["l"] = walk(path, lambda d, n: os.readlink(n, dir_fd=d)) if confined else os.readlink(path)
+        except OSError as e:
+            error(rec, "e", e)
+            emit(rec)
+            return
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or access:
-        rec["a"] = [os.access(h, os.R_OK), os.access(h, os.R_OK | os.W_OK)]
+        rec["a"] = [may(path, os.R_OK), may(path, os.R_OK | os.W_OK)]
     followed = None
     if not isdir and (content or depth > 0):
         try:
-            followed = os.stat(h)
-        except OSError as e:
-            rec["re"] = e.errno
-    if content and not isdir and followed is not None:
-        if stat.S_ISDIR(followed.st_mode):
-            rec["re"] = errno.EISDIR
-        elif stat.S_ISREG(followed.st_mode) and budget[0] > 0 and (named or followed.st_size <= cap):
-            try:
-                data, complete = read(h, cap)
+            followed, got = target_of(path, content, cap, named)
+            if got is not None:
+                data = got[0]
                 rec["c"] = 1
-                rec["x"] = 1 if complete else 0
-            except OSError as e:
-                rec["re"] = e.errno
+                rec["x"] = 1 if got[1] else 0
+            elif content and stat.S_ISDIR(followed.st_mode):
+                rec["re"] = errno.EISDIR
+        except OSError as e:
+            error(rec, "re", e)
+            if depth > 0:
+                error(rec, "de", e)  # a link to nothing: listing it fails the same way
     names = None
     if depth > 0 and (isdir or (followed is not None and stat.S_ISDIR(followed.st_mode))):
         try:
-            names = os.listdir(h)
+            names = names_of(path)
             rec["d"] = names
         except OSError as e:
-            rec["de"] = e.errno
+            error(rec, "de", e)
     emit(rec, data)
     if isdir and names:
         for name in sorted(names):
@@ -200,23 +372,225 @@ def visit(path, depth, content, cap, named, access):
             child = path.rstrip("/") + "/" + name
             visit(child, depth - 1, content, spec["small_cap"], False, False)
 
-for item in spec["items"]:
-    path = item["p"]
-    parts = [p for p in path.split("/") if p]
-    for i in range(1, len(parts)):
-        visit("/" + "/".join(parts[:i]), 0, False, 0, False, False)
-    visit(path, item["depth"], item["content"], item["cap"], True, item.get("access", False))
-for path in spec["df"]:
+def statvfs_of(path):
+    if not confined:
+        return os.statvfs(path)
+    def here(d, n):
+        if stat.S_ISLNK(lstat_at(d, n).st_mode):
+            raise follow()
+        fd = os.open(n, PATHONLY, dir_fd=d)
+        try:
+            return os.statvfs(fd)
+        finally:
+            os.close(fd)
+    return walk(path, here)
+
+def run_commands(commands):
+    import subprocess
+    for index, item in enumerate(commands):
+        rec = {"cmd": index, "t": 0}
+        try:
+            proc = subprocess.Popen(item["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:
+            rec["s"], rec["o"] = 127, 0
+            emit(rec, (item["argv"][0] + ": " + ("not found" if e.errno == errno.ENOENT else e.strerror)).encode())
+            continue
+        try:
+            o, e = proc.communicate(timeout=item["timeout"])
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, 9)
+            except OSError:
+                pass
+            o, e = proc.communicate()
+            rec["t"] = 1
+        rec["s"], rec["o"] = proc.returncode if not rec["t"] else -9, len(o)
+        emit(rec, o + e)
+
+# -- writes: folders resolved like reads, the last name never followed
+
+def folder_of(path, create, readable=True):
+    flags = FOLDER if readable else WALK
+    def here(d, n):
+        if create and n != ".":
+            try:
+                os.mkdir(n, 0o777, dir_fd=d)
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+        return os.open(n, flags, dir_fd=d)
+    return walk(path, here, create=create)
+
+def split(path):
+    folder, name = posixpath.split(path)
+    return folder, name or "."
+
+def unlink_quietly(name, d):
     try:
-        sv = os.statvfs(host(path))
-        emit({"df": path, "t": sv.f_blocks * sv.f_frsize, "f": sv.f_bavail * sv.f_frsize})
+        os.unlink(name, dir_fd=d)
     except OSError as e:
-        emit({"df": path, "e": e.errno})
+        if e.errno != errno.ENOENT:
+            raise
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+def install(d, name, mode, fill):
+    while True:
+        tmp = ".llmtpu-" + os.urandom(6).hex()
+        try:
+            fd = os.open(tmp, CREATE, 0o600, dir_fd=d)
+            break
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+    try:
+        try:
+            fill(fd)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+    except BaseException:
+        unlink_quietly(tmp, d)
+        raise
+    os.fsync(d)
+
+def make_link(text, path):
+    folder, name = split(path)
+    d = folder_of(folder, True, False)
+    try:
+        tmp = name + ".llmtpu-link"
+        unlink_quietly(tmp, d)
+        os.symlink(text, tmp, dir_fd=d)
+        os.rename(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+    finally:
+        os.close(d)
+
+def back_up(d, name, backup):
+    try:
+        st = lstat_at(d, name)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    if stat.S_ISLNK(st.st_mode):
+        make_link(os.readlink(name, dir_fd=d), backup)
+        return backup
+    if not stat.S_ISREG(st.st_mode):
+        raise refused(errno.EINVAL, "is a " + kind(st.st_mode) + "; llmtpu replaces only files and links")
+    source = os.open(name, READ, dir_fd=d)
+    try:
+        only_regular(os.fstat(source))
+        def copy(fd):
+            while True:
+                chunk = os.read(source, 1 << 20)
+                if not chunk:
+                    break
+                write_all(fd, chunk)
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        bfolder, bname = split(backup)
+        bd = folder_of(bfolder, True)
+        try:
+            install(bd, bname, stat.S_IMODE(st.st_mode), copy)
+        finally:
+            os.close(bd)
+    finally:
+        os.close(source)
+    return backup
+
+def change(op):
+    path = op["p"]
+    folder, name = split(path)
+    kind_of = op["op"]
+    if kind_of == "makedirs":
+        os.close(folder_of(path, True, False))
+        return {}
+    if kind_of == "symlink":
+        make_link(op["text"], path)
+        return {}
+    if kind_of == "remove":
+        try:
+            d = folder_of(folder, False, False)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return {}
+            raise
+        try:
+            unlink_quietly(name, d)
+        finally:
+            os.close(d)
+        return {}
+    data = inp.read()
+    if kind_of == "append":
+        d = folder_of(folder, False, False)
+        try:
+            if confined:
+                st = lstat_at(d, name)
+                if not stat.S_ISLNK(st.st_mode):
+                    only_regular(st)
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NOCTTY | CLOEXEC
+                             | (os.O_NONBLOCK if confined else 0), dir_fd=d)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise refused(errno.ELOOP, "is a symbolic link; llmtpu does not write through links")
+                raise
+        finally:
+            os.close(d)
+        try:
+            if confined:
+                only_regular(os.fstat(fd))
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        return {"w": written}
+    if name == ".":
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+    d = folder_of(folder, True)
+    try:
+        made = back_up(d, name, op["backup"]) if op.get("backup") else None
+        install(d, name, op["mode"], lambda fd: write_all(fd, data))
+    finally:
+        os.close(d)
+    return {"b": made}
+
+if "op" in spec:
+    try:
+        rec = change(spec)
+    except OSError as e:
+        rec = {}
+        error(rec, "e", e)
+        rec["es"] = e.strerror or ""
+    emit(rec)
+else:
+    for item in spec["items"]:
+        path = item["p"]
+        parts = parts_of(path)
+        for i in range(1, len(parts)):
+            visit("/" + "/".join(parts[:i]), 0, False, 0, False, False)
+        visit(path, item["depth"], item["content"], item["cap"], True, item.get("access", False))
+    for path in spec["df"]:
+        try:
+            sv = statvfs_of(path)
+            emit({"df": path, "t": sv.f_blocks * sv.f_frsize, "f": sv.f_bavail * sv.f_frsize})
+        except OSError as e:
+            rec = {"df": path}
+            error(rec, "e", e)
+            emit(rec)
+    if spec.get("cmds"):
+        run_commands(spec["cmds"])
 emit({"end": 1})
 out.flush()
 """
 
-#: Folder-making and backup before a write: a fixed script, inputs only as "$@" arguments.
+
+#: Folder-making and backup before an SFTP write on a machine (root /) without python3: a fixed
+#: script, inputs only as "$@" arguments.
 PREPARE_SCRIPT = (
     'set -e; mkdir -p -- "$1"; '
     'if [ -n "$3" ] && { [ -e "$2" ] || [ -L "$2" ]; }; then '
@@ -224,7 +598,10 @@ PREPARE_SCRIPT = (
 )
 
 
-def _oserror(code: int, path: str) -> OSError:
+def _oserror(code: int, path: str, refused: str | None = None) -> OSError:
+    """The error a read met on the machine; PathRefused when the remote program refused the path."""
+    if refused is not None:
+        return PathRefused(code, path, refused)
     return OSError(code, os.strerror(code), path)
 
 
@@ -244,6 +621,7 @@ class _Entry:
     complete: bool = False
     read_errno: int | None = None
     access: tuple[bool, bool] | None = None
+    refused: str | None = None  # why the remote program refused this path under the root
 
 
 class SSHTarget(Target):
@@ -261,6 +639,8 @@ class SSHTarget(Target):
         self._entries: dict[str, _Entry] = {}
         self._df: dict[str, DiskUsage | int] = {}
         self._python_ok = True
+        #: Command results the prefetch brought back, served once each by run().
+        self._answers: dict[tuple[str, ...], CommandResult] = {}
         self.aborted = False  # set by abort(): the fleet's watchdog gave up on this host
         #: time.monotonic() by which all work on this host must be done (set by the fleet).
         self.deadline: float | None = None
@@ -453,9 +833,12 @@ class SSHTarget(Target):
 
     # -- commands -------------------------------------------------------------------------
 
-    def _exec(self, command: str, input: bytes | None, timeout: float) -> tuple[int, bytes, bytes, bool]:
-        """Run a command line on the remote shell: (exit status, stdout, stderr, timed out)."""
+    def execute(self, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes, bool]:
+        """The transport: one command line on the remote shell, ``stdin`` sent then closed,
+        bounded by ``timeout``: (exit status, stdout, stderr, timed out). Every remote command
+        of this target goes through here (a GatheredTarget puts another transport here)."""
         self.round_trips += 1
+        input = stdin
         deadline = time.monotonic() + timeout
         try:
             channel = self._transport.open_session(timeout=timeout)
@@ -506,14 +889,18 @@ class SSHTarget(Target):
         argv = tuple(argv)
         if not argv:
             raise ValueError("empty command")
-        words = list(argv)
-        if env:
-            words = ["env", *(f"{k}={v}" for k, v in env.items()), *words]
-        status, out, err, timed_out = self._exec(shlex.join(words), input, min(timeout, self._timeout))
-        self._forget()  # a command may change any file
-        if status == 127 and not timed_out and b"not found" in err:
+        result = self._answers.pop(argv, None) if input is None and not env else None
+        if result is None:
+            words = list(argv)
+            if env:
+                words = ["env", *(f"{k}={v}" for k, v in env.items()), *words]
+            status, out, err, timed_out = self.execute(shlex.join(words), input, min(timeout, self._timeout))
+            self._forget()  # a command may change any file
+            result = CommandResult(argv, status, out, err, timed_out=timed_out)
+        # else: the prefetch ran it, in the same remote command as the reads
+        if result.returncode == 127 and not result.timed_out and b"not found" in result.stderr:
             raise TargetError(f"{argv[0]}: command not found on {self.name}")
-        return CommandResult(argv, status, out, err, timed_out=timed_out)
+        return result
 
     @property
     def _timeout(self) -> float:
@@ -531,33 +918,57 @@ class SSHTarget(Target):
         """Read these paths (folders recursively) and the top of the tree in one command."""
         items = [{"p": normalize(p), "depth": MAX_DEPTH, "content": True, "cap": NAMED_FILE_CAP} for p in paths]
         items.append({"p": "/", "depth": 1, "content": True, "cap": 0})  # small files at the top (dev.list)
+        commands: Sequence[tuple[tuple[str, ...], float]] = ()
         if not self.is_sysroot:
             items.append({"p": "/dev", "depth": 1, "content": False, "cap": 0})
-        self._fetch(items, ["/"])
+            commands = PREFETCH_COMMANDS
+        self._fetch(items, ["/"], commands)
 
-    def _fetch(self, items: list[dict[str, Any]], df: Sequence[str] = ()) -> bool:
+    def _fetch(self, items: list[dict[str, Any]], df: Sequence[str] = (),
+               commands: Sequence[tuple[tuple[str, ...], float]] = ()) -> bool:
         """Run the gather script for these items; False when the machine has no python3."""
         if not self._python_ok:
             return False
         spec = {
             "root": self.root.rstrip("/"), "items": items, "df": list(df), "budget": PREFETCH_BUDGET,
             "small_cap": SMALL_FILE_CAP, "max_entries": MAX_ENTRIES,
+            "cmds": [{"argv": list(argv), "timeout": timeout} for argv, timeout in commands],
         }
-        python = self.spec.vars.get("ansible_python_interpreter") or self.options.python
-        command = shlex.join([python, "-I", "-S", "-c", GATHER_SCRIPT])
-        status, out, err, timed_out = self._exec(command, json.dumps(spec).encode("ascii"), self._timeout)
-        if timed_out:
-            raise SSHError(TIMED_OUT, f"{self.name}: reading files took longer than {self._timeout:g} s")
-        if status == 127:
-            self._python_ok = False  # no python3 there: fall back to SFTP, one request per operation
+        out = self._remote(spec, b"", "reading files")
+        if out is None:
             return False
-        if status != 0:
-            message = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {status}"]
-            raise SSHError(ERROR, f"{self.name}: reading files failed: {message[0]}")
-        self._absorb(out)
+        self._absorb(out, [argv for argv, _ in commands])
         return True
 
-    def _absorb(self, stream: bytes) -> None:
+    def _remote(self, spec: Mapping[str, Any], data: bytes, what: str) -> bytes | None:
+        """Run the remote program on ``spec`` (+ ``data``): its framed answer, or None when the
+        machine has no python3 and may be read without it (not under a root: see _no_python)."""
+        python = self.spec.vars.get("ansible_python_interpreter") or self.options.python
+        command = shlex.join([python, "-I", "-S", "-c", GATHER_SCRIPT])
+        timeout = self._timeout
+        stdin = json.dumps(spec).encode("ascii") + b"\n" + data
+        status, out, err, timed_out = self.execute(command, stdin, timeout)
+        if timed_out:
+            raise SSHError(TIMED_OUT, f"{self.name}: {what} took longer than {timeout:g} s")
+        if status == 127:
+            self._no_python()
+            self._python_ok = False  # no python3 there: fall back to SFTP, one request per operation
+            return None
+        if status != 0:
+            message = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {status}"]
+            raise SSHError(ERROR, f"{self.name}: {what} failed: {message[0]}")
+        return out
+
+    def _no_python(self) -> None:
+        """Under a root only the remote program keeps paths inside it (SFTP and the shell
+        follow the board's links out of the root): without python3 there, refuse."""
+        if self.is_sysroot:
+            python = self.spec.vars.get("ansible_python_interpreter") or self.options.python
+            raise SSHError(ERROR, f"{self.name}: no python3 answered there ({shlex.quote(python)}); root={self.root} "
+                                  "needs it to keep every path inside the root: install python3 there or set "
+                                  "ansible_python_interpreter")
+
+    def _absorb(self, stream: bytes, commands: Sequence[tuple[str, ...]] = ()) -> None:
         """Parse the gather script's framed records into the cache."""
         pos = 0
         ended = False
@@ -570,6 +981,10 @@ class SSHTarget(Target):
             data = stream[newline + 1:pos]
             if "end" in rec:
                 ended = True
+            elif "cmd" in rec:
+                argv = tuple(commands[rec["cmd"]])
+                self._answers[argv] = CommandResult(argv, rec["s"], data[:rec["o"]], data[rec["o"]:],
+                                                    timed_out=bool(rec["t"]))
             elif "df" in rec:
                 self._df[rec["df"]] = rec["e"] if "e" in rec else DiskUsage(total=rec["t"], free=rec["f"])
             else:
@@ -580,7 +995,7 @@ class SSHTarget(Target):
     def _merge(self, rec: dict[str, Any], data: bytes) -> None:
         entry = self._entries.setdefault(rec["p"], _Entry())
         if "e" in rec:
-            self._entries[rec["p"]] = _Entry(lstat_errno=rec["e"])
+            self._entries[rec["p"]] = _Entry(lstat_errno=rec["e"], refused=rec.get("er"))
             return
         entry.lstat_errno = None
         entry.mode, entry.uid, entry.gid, entry.size = rec["m"], rec["u"], rec["g"], rec["s"]
@@ -588,11 +1003,11 @@ class SSHTarget(Target):
         if "d" in rec:
             entry.names, entry.list_errno = rec["d"], None
         if "de" in rec:
-            entry.names, entry.list_errno = None, rec["de"]
+            entry.names, entry.list_errno, entry.refused = None, rec["de"], rec.get("der")
         if "a" in rec:
             entry.access = (bool(rec["a"][0]), bool(rec["a"][1]))
         if "re" in rec:
-            entry.read_errno, entry.data = rec["re"], None
+            entry.read_errno, entry.data, entry.refused = rec["re"], None, rec.get("rer")
         if rec.get("c"):
             entry.data, entry.complete, entry.read_errno = data, bool(rec["x"]), None
 
@@ -600,6 +1015,7 @@ class SSHTarget(Target):
         """Drop the cache: after a command or a write, any file may have changed."""
         self._entries.clear()
         self._df.clear()
+        self._answers.clear()
 
     def _absent(self, path: str) -> int | None:
         """ENOENT/ENOTDIR when the cache proves the path is not there, else None (unknown)."""
@@ -645,7 +1061,7 @@ class SSHTarget(Target):
         if entry is None or entry.lstat_errno in (errno.ENOENT, errno.ENOTDIR):
             return None
         if entry.lstat_errno is not None:
-            raise _oserror(entry.lstat_errno, self.host_path(path))
+            raise _oserror(entry.lstat_errno, self.host_path(path), entry.refused)
         assert entry.mode is not None
         return FileStat(path, kind_of_mode(entry.mode), entry.size, statmod.S_IMODE(entry.mode),
                         entry.uid, entry.gid)
@@ -665,9 +1081,9 @@ class SSHTarget(Target):
         if entry is None:
             raise SSHError(ERROR, f"{self.name}: no answer for {path}")
         if entry.lstat_errno is not None:
-            raise _oserror(entry.lstat_errno, self.host_path(path))
+            raise _oserror(entry.lstat_errno, self.host_path(path), entry.refused)
         if entry.read_errno is not None:
-            raise _oserror(entry.read_errno, self.host_path(path))
+            raise _oserror(entry.read_errno, self.host_path(path), entry.refused)
         if entry.mode is not None and statmod.S_ISDIR(entry.mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", self.host_path(path))
         if entry.data is None:
@@ -684,9 +1100,9 @@ class SSHTarget(Target):
         if entry is None:
             raise _oserror(self._absent(path) or errno.ENOENT, self.host_path(path))
         if entry.lstat_errno is not None:
-            raise _oserror(entry.lstat_errno, self.host_path(path))
+            raise _oserror(entry.lstat_errno, self.host_path(path), entry.refused)
         if entry.list_errno is not None:
-            raise _oserror(entry.list_errno, self.host_path(path))
+            raise _oserror(entry.list_errno, self.host_path(path), entry.refused)
         if entry.names is None:
             raise _oserror(errno.ENOTDIR, self.host_path(path))
         return list(entry.names)
@@ -701,7 +1117,7 @@ class SSHTarget(Target):
         if entry is None:
             raise _oserror(self._absent(path) or errno.ENOENT, self.host_path(path))
         if entry.lstat_errno is not None:
-            raise _oserror(entry.lstat_errno, self.host_path(path))
+            raise _oserror(entry.lstat_errno, self.host_path(path), entry.refused)
         if entry.link is None:
             raise _oserror(errno.EINVAL, self.host_path(path))
         return entry.link
@@ -715,7 +1131,7 @@ class SSHTarget(Target):
                     return False
                 return entry.access[1] if want_write else entry.access[0]
         tests = ["test", "-r", self.host_path(path)] + (["-a", "-w", self.host_path(path)] if want_write else [])
-        status, _, _, _ = self._exec(shlex.join(tests), None, self._timeout)
+        status, _, _, _ = self.execute(shlex.join(tests), None, self._timeout)
         return status == 0
 
     def disk_usage(self, path: str) -> DiskUsage:
@@ -727,7 +1143,7 @@ class SSHTarget(Target):
             if isinstance(usage, int):
                 raise _oserror(usage, self.host_path(path))
             return usage
-        status, out, err, _ = self._exec(shlex.join(["df", "-P", "-k", "--", self.host_path(path)]), None,
+        status, out, err, _ = self.execute(shlex.join(["df", "-P", "-k", "--", self.host_path(path)]), None,
                                          self._timeout)
         lines = out.decode(errors="replace").strip().splitlines()
         fields = lines[-1].split() if lines else []
@@ -772,72 +1188,110 @@ class SSHTarget(Target):
         result: bytes = self._sftp_call(path, read)
         return result
 
-    # -- writes, put and get --------------------------------------------------------------
+    # -- writes: by the remote program (folders resolved like reads, the last name never followed)
+
+    def _change(self, op: dict[str, Any], data: bytes = b"") -> dict[str, Any] | None:
+        """One write by the remote program; its answer, or None when the machine (not a root)
+        has no python3 and the write goes over SFTP instead."""
+        path = op["p"]
+        try:
+            out = self._remote({"root": self.root.rstrip("/"), **op}, data, f"{op['op']} {path}") \
+                if self._python_ok else None
+        finally:
+            self._forget()
+        if out is None:
+            return None
+        newline = out.find(b"\n")
+        answer: dict[str, Any] = json.loads(out[:newline]) if newline > 0 else {}
+        if "e" in answer:
+            code = answer["e"]
+            if answer.get("er"):
+                raise PathRefused(code, self.host_path(path), answer["er"])
+            raise OSError(code, answer.get("es") or os.strerror(code), self.host_path(path))
+        return answer
 
     def write_atomic(self, path: str, data: bytes, mode: int = 0o644, backup: bool = True) -> str | None:
-        import io
+        path = normalize(path)
+        op = {"op": "write", "p": path, "mode": mode, "backup": _backup_path(path) if backup else None}
+        answer = self._change(op, data)
+        if answer is None:
+            import io
 
-        return self._install(normalize(path), lambda sftp, tmp: sftp.putfo(io.BytesIO(data), tmp), mode, backup)
+            return self._sftp_install(path, lambda sftp, tmp: sftp.putfo(io.BytesIO(data), tmp), mode, backup)
+        made: str | None = answer.get("b")
+        return made
 
     def append(self, path: str, data: bytes) -> None:
-        def write(sftp: paramiko.SFTPClient, host: str) -> None:
-            with sftp.open(host, "a") as handle:  # SFTP APPEND: the server does one write()
-                handle.write(data)
+        path = normalize(path)
+        answer = self._change({"op": "append", "p": path}, data)
+        if answer is None:
+            def write(sftp: paramiko.SFTPClient, host: str) -> None:
+                with sftp.open(host, "a") as handle:  # SFTP APPEND: the server does one write()
+                    handle.write(data)
 
-        try:
-            self._sftp_call(normalize(path), write)
-        finally:
-            self._forget()
+            try:
+                self._sftp_call(path, write)
+            finally:
+                self._forget()
+        elif answer.get("w") != len(data):
+            raise TargetError(f"{path}: short write ({answer.get('w')} of {len(data)} bytes)")
 
     def remove(self, path: str) -> None:
-        try:
-            self._sftp_call(normalize(path), lambda sftp, host: sftp.remove(host))
-        except FileNotFoundError:
-            pass
-        finally:
-            self._forget()
+        path = normalize(path)
+        if self._change({"op": "remove", "p": path}) is None:
+            try:
+                self._sftp_call(path, lambda sftp, host: sftp.remove(host))
+            except FileNotFoundError:
+                pass
+            finally:
+                self._forget()
 
     def symlink(self, link_text: str, path: str) -> None:
-        self.remove(path)
-        try:
-            self._sftp_call(normalize(path), lambda sftp, host: sftp.symlink(link_text, host))
-        finally:
-            self._forget()
+        path = normalize(path)
+        if self._change({"op": "symlink", "p": path, "text": link_text}) is None:
+            self.remove(path)
+            try:
+                self._sftp_call(path, lambda sftp, host: sftp.symlink(link_text, host))
+            finally:
+                self._forget()
 
     def makedirs(self, path: str) -> None:
-        args = ["mkdir", "-p", "--", self.host_path(normalize(path))]
-        status, _, err, timed_out = self._exec(shlex.join(args), None, self._timeout)
-        self._forget()
-        if status != 0 or timed_out:
-            raise TargetError(f"{self.name}: cannot create {path}: {err.decode(errors='replace').strip()}")
+        path = normalize(path)
+        if self._change({"op": "makedirs", "p": path}) is None:
+            args = ["mkdir", "-p", "--", self.host_path(path)]
+            status, _, err, timed_out = self.execute(shlex.join(args), None, self._timeout)
+            if status != 0 or timed_out:
+                raise TargetError(f"{self.name}: cannot create {path}: {err.decode(errors='replace').strip()}")
 
     def put(self, local: str | Path, path: str, mode: int | None = None, backup: bool = True) -> str | None:
         """Copy a local file to a machine path (temp + rename); returns the backup made, if any."""
         local = Path(local)
         final_mode = statmod.S_IMODE(local.stat().st_mode) if mode is None else mode
-        return self._install(normalize(path), lambda sftp, tmp: sftp.put(str(local), tmp), final_mode, backup)
+        return self.write_atomic(path, local.read_bytes(), final_mode, backup)
 
     def get(self, path: str, local: str | Path) -> Path:
         """Copy a machine file to a local path (written to a temp file, then renamed)."""
         local = Path(local)
         tmp = local.with_name(f".{local.name}.llmtpu-{secrets.token_hex(4)}")
         try:
-            self._sftp_call(normalize(path), lambda sftp, host: sftp.get(host, str(tmp)))
+            if self._python_ok and self.is_sysroot:
+                tmp.write_bytes(self.read_bytes(path, limit=1 << 40))
+            else:
+                self._sftp_call(normalize(path), lambda sftp, host: sftp.get(host, str(tmp)))
             os.replace(tmp, local)
         finally:
             if tmp.exists():
                 tmp.unlink()
         return local
 
-    def _install(self, path: str, upload: Any, mode: int, backup: bool) -> str | None:
+    def _sftp_install(self, path: str, upload: Any, mode: int, backup: bool) -> str | None:
+        """A write on a machine without python3 (never under a root): the shell makes the folder
+        and the backup, SFTP uploads a temp file and renames it over the destination."""
         host = self.host_path(path)
         folder = posixpath.dirname(host)
-        backup_path = None
-        if backup:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            backup_path = f"{BACKUP_DIR}/{stamp}{path}"
+        backup_path = _backup_path(path) if backup else None
         args = ["sh", "-c", PREPARE_SCRIPT, "sh", folder, host, self.host_path(backup_path) if backup_path else ""]
-        status, out, err, timed_out = self._exec(shlex.join(args), None, self._timeout)
+        status, out, err, timed_out = self.execute(shlex.join(args), None, self._timeout)
         if status != 0 or timed_out:
             raise TargetError(f"{self.name}: cannot prepare {path}: {err.decode(errors='replace').strip()}")
         made_backup = backup_path if b"backup" in out else None
@@ -857,6 +1311,11 @@ class SSHTarget(Target):
         finally:
             self._forget()
         return made_backup
+
+
+def _backup_path(path: str) -> str:
+    """Where the file a write replaces is kept (a machine path)."""
+    return f"{BACKUP_DIR}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}{path}"
 
 
 def _answers(entry: _Entry, want: str, item: Mapping[str, Any]) -> bool:

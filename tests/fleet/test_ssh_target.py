@@ -10,7 +10,7 @@ import pytest
 
 from llmtpu.doctor.checks import DoctorOptions
 from llmtpu.doctor.report import run_doctor
-from llmtpu.ssh import SSHTarget
+from llmtpu.ssh import SSHError, SSHTarget
 from llmtpu.target import LocalTarget
 from tests.fleet.conftest import SAMPLES, comparable, options_for, spec_for
 from tests.test_doctor_cases import CASES, apply_edit
@@ -55,14 +55,26 @@ def test_doctor_case_over_ssh(case_file: Path, sshd_farm, sysroot, tmp_path: Pat
     assert {i: s for i, s in ((r.id, r.status) for r in remote.results) if i in case["expect"]} == case["expect"]
 
 
-def test_without_python_every_read_goes_over_sftp_with_the_same_answers(sshd_farm, board, tmp_path: Path) -> None:
-    root = SAMPLES / "pcie-host-ok"
+def test_without_python_a_machine_is_read_over_sftp_and_a_root_is_refused(sshd_farm, board, tmp_path: Path) -> None:
+    """SFTP and the remote shell follow the board's links out of a root, so root=DIR needs the
+    remote program; the machine itself (root /) is read one SFTP request per operation."""
     options = options_for(sshd_farm, tmp_path / "own", python="/nonexistent/python3")
-    with SSHTarget(spec_for(board, root, name="host"), options) as target:
-        remote = run_doctor(target, DoctorOptions())
-        assert target.round_trips > 10  # one request per read: why the prefetch exists
-    local = run_doctor(LocalTarget(str(root), name="host"), DoctorOptions())
-    assert comparable(remote.to_json()) == comparable(local.to_json())
+    with SSHTarget(spec_for(board, SAMPLES / "pcie-host-ok", name="host"), options) as target:
+        with pytest.raises(SSHError, match="no python3 answered there .*needs it to keep every path inside the root"):
+            run_doctor(target, DoctorOptions())
+        with pytest.raises(SSHError, match="inside the root"):
+            target.read_bytes("/proc/sys/kernel/version")  # the refusal stays: no SFTP under a root
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "file").write_text("content\n")
+    (mine / "link").symlink_to("file")
+    with SSHTarget(spec_for(board), options) as target:
+        assert target.read_text(str(mine / "file")) == "content\n"
+        assert target.readlink(str(mine / "link")) == "file"
+        assert target.listdir(str(mine)) == ["file", "link"]
+        target.write_atomic(str(mine / "new"), b"new", backup=False)
+        assert (mine / "new").read_bytes() == b"new"
+        assert target.round_trips > 3  # one request per operation: why the remote program exists
 
 
 def test_reads_after_a_prefetch_cost_no_round_trip(sshd_farm, board, tmp_path: Path) -> None:
@@ -145,3 +157,46 @@ def test_append_remove_symlink_makedirs_over_ssh(sshd_farm, board, sysroot, tmp_
         target.remove("/etc/systemd/system/multi-user.target.wants/x.service")  # already gone: fine
         assert target.lstat("/etc/systemd/system/multi-user.target.wants/x.service") is None
     assert (root / "sys/kernel/debug/top/clock").read_bytes().endswith(b"------\nsetr tpll_clock 750000000\n")
+
+
+def sessions(board) -> int:
+    """Remote commands and SFTP sessions the board's sshd started (its own log, not our count)."""
+    log = board.log.read_text()
+    return log.count("Starting session: command") + log.count("subsystem request for sftp")
+
+
+def test_a_fleet_doctor_is_one_remote_command_per_board(sshd_farm, board, home: Path, cli) -> None:
+    """Issue 17 item 2: connect, then one command (one login shell) for the whole doctor."""
+    (home / ".ssh" / "known_hosts").symlink_to(sshd_farm.known_hosts)
+    inventory = home / "inv.ini"
+    inventory.write_text(f"b1 ansible_host=127.0.0.1 ansible_port={board.port} ansible_user={board.user} "
+                         f"ansible_ssh_private_key_file={sshd_farm.client_key}\n")
+    before = sessions(board)
+    code, out, err = cli("doctor", "--inventory", str(inventory), "--json")
+    assert sessions(board) - before == 1, board.log.read_text()[-2000:]
+    host = json.loads(out)["hosts"][0]
+    assert host["error"] is None and host["round_trips"] == 1, err
+    local = run_doctor(LocalTarget("/", name="b1"), DoctorOptions()).to_json()
+    assert comparable(host["report"]) == comparable(local)
+
+
+def test_the_doctors_commands_are_answered_from_the_prefetch(sshd_farm, board, tmp_path: Path) -> None:
+    """dmesg (doctor/kernel_log.py) and bm_version (doctor/facts.py) run inside the prefetch's
+    command; run() answers from it once, then runs for real again."""
+    from llmtpu.doctor.facts import FACT_PATHS
+    from llmtpu.doctor.kernel_log import read_kernel_log
+    from llmtpu.target import TargetError
+
+    with SSHTarget(spec_for(board), options_for(sshd_farm, tmp_path / "own")) as target:
+        target.prefetch(FACT_PATHS)
+        before = sessions(board)
+        served = read_kernel_log(target)
+        with pytest.raises(TargetError, match="bm_version: command not found"):
+            target.run(["bm_version"], timeout=10)
+        assert target.round_trips == 1 and sessions(board) == before
+        again = read_kernel_log(target)  # not served twice: a real command
+        assert target.round_trips == 2
+    assert (served.source, served.problem) == (again.source, again.problem)
+    assert (served.value is None) == (again.value is None)  # None where dmesg is restricted for this user
+    if served.value and again.value:
+        assert again.value.startswith(served.value[:200])
