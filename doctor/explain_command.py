@@ -19,15 +19,13 @@ import sys
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from llmtpu.clikit import UsageError, local_root
+from llmtpu.clikit import Exit, UsageError, local_root
 
 if TYPE_CHECKING:
     from llmtpu.doctor.explain import DoctorEvidence, Match
 
 #: Version of the --json document. Bump the major on any incompatible change.
 JSON_SCHEMA = "llmtpu.explain/1"
-EXIT_CLEAN = 0
-EXIT_FOUND = 1
 #: A log line longer than this is not a log line (/dev/zero, a binary file): reading stops.
 MAX_LINE_BYTES = 1 << 20
 
@@ -133,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         render_json(name, counter.lines, len(matcher.signatures), matches, evidence, sys.stdout)
     else:
         render_human(name, counter.lines, len(matcher.signatures), matches, evidence, sys.stdout)
-    return EXIT_FOUND if matches else EXIT_CLEAN
+    return Exit.WARN if matches else Exit.OK
 
 
 class _Counter:

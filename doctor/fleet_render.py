@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from llmtpu import __version__
+from llmtpu.clikit import Exit
 from llmtpu.doctor.checks import CHECKS, FAIL, OK, SKIP, WARN
-from llmtpu.doctor.report import EXIT_UNREACHABLE, Report
+from llmtpu.doctor.report import Report
 from llmtpu.fleet import DONE, HostResult
 from llmtpu.inventory import describe
 
@@ -87,7 +88,7 @@ def summary_line(results: Sequence[HostResult[Report]]) -> str:
 def fleet_exit_code(results: Sequence[HostResult[Report]]) -> int:
     """The worst host: 3 if any host could not be checked, else the worst report's 0/1/2."""
     if any(_report(r) is None for r in results):
-        return EXIT_UNREACHABLE
+        return Exit.UNREACHABLE
     return max((r.value.exit_code for r in results if r.value is not None), default=0)
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from llmtpu import __version__
+from llmtpu.clikit import Exit
 from llmtpu.doctor import facts
 from llmtpu.doctor.checks import (
     CHECKS,
@@ -28,10 +29,6 @@ from llmtpu.target import Target
 JSON_SCHEMA = "llmtpu.doctor/1"
 
 #: Exit codes of `llmtpu doctor` (documented in the README).
-EXIT_OK = 0
-EXIT_WARN = 1
-EXIT_FAIL = 2
-EXIT_UNREACHABLE = 3
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return {OK: EXIT_OK, WARN: EXIT_WARN, FAIL: EXIT_FAIL}[self.verdict]
+        return {OK: Exit.OK, WARN: Exit.WARN, FAIL: Exit.FAILED}[self.verdict]
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -15,11 +15,7 @@ import os
 import sys
 from typing import Any
 
-from llmtpu.clikit import UsageError
-
-EXIT_OK = 0
-EXIT_NOT_TRUSTED = 3
-
+from llmtpu.clikit import Exit, UsageError
 
 INVENTORY_HELP = "Ansible inventory (INI, YAML, `ansible-inventory --list` JSON; `-` reads stdin)"
 
@@ -119,7 +115,7 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         json.dump({"schema": "llmtpu.hosts/1", "hosts": rows}, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return EXIT_OK
+        return Exit.OK
     table = Table(title=f"{len(rows)} host{'' if len(rows) == 1 else 's'}")
     for column in ("host", "address", "root", "groups", "host key"):
         table.add_column(column, overflow="fold")
@@ -129,7 +125,7 @@ def run_list(args: argparse.Namespace) -> int:
         table.add_row(row["name"], f"{row['user']}@{row['hostname']}:{row['port']}{via}", row["root"],
                       ",".join(row["groups"]), key)
     Console(highlight=False).print(table)
-    return EXIT_OK
+    return Exit.OK
 
 
 def run_trust(args: argparse.Namespace) -> int:
@@ -141,7 +137,7 @@ def run_trust(args: argparse.Namespace) -> int:
         raise UsageError(f"--fingerprint: {args.fingerprint!r} is not a SHA256:... fingerprint (ssh-keygen -lf)")
     specs = resolve_specs(args, ",".join(args.names), None)
     store = HostKeyStore()
-    worst = EXIT_OK
+    worst: int = Exit.OK
     for spec in specs:
         worst = max(worst, trust_one(spec, store, args))
     return worst
@@ -167,7 +163,7 @@ def trust_one(spec: Any, store: Any, args: argparse.Namespace) -> int:
         key = fetch_host_key(spec.hostname, spec.port, args.connect_timeout, sock=sock)
     except (SSHError, paramiko.SSHException, OSError, EOFError) as exc:
         print(f"{spec.name}: cannot get the host key of {name}: {exc or type(exc).__name__}", file=sys.stderr)
-        return EXIT_NOT_TRUSTED
+        return Exit.UNREACHABLE
     finally:
         if jump_target is not None:
             jump_target.close()
@@ -176,29 +172,29 @@ def trust_one(spec: Any, store: Any, args: argparse.Namespace) -> int:
     if any(k.blob == key.asbytes() for k in known):
         match = next(k for k in known if k.blob == key.asbytes())
         print(f"{spec.name}: already trusted ({match.file}:{match.line})")
-        return EXIT_OK
+        return Exit.OK
     if known:
         old = known[0]
         print(f"{spec.name}: HOST KEY CHANGED: {old.file}:{old.line} records {old.key_type} {old.fingerprint}. "
               "Not replaced. If the machine was re-installed, check the new fingerprint on its console, then "
               f"remove the old line (ssh-keygen -R '{name}' -f {old.file}) and trust it again.", file=sys.stderr)
-        return EXIT_NOT_TRUSTED
+        return Exit.UNREACHABLE
     got = fingerprint(key.asbytes())
     if args.fingerprint:
         if args.fingerprint.rstrip("=") != got:
             print(f"{spec.name}: fingerprint {got} is not the expected {args.fingerprint}; not recorded",
                   file=sys.stderr)
-            return EXIT_NOT_TRUSTED
+            return Exit.UNREACHABLE
     elif not args.yes:
         if not sys.stdin.isatty():
             print(f"{spec.name}: not recorded. Compare the fingerprint with the machine's own "
                   "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on its console), then rerun with --yes "
                   "or --fingerprint SHA256:...", file=sys.stderr)
-            return EXIT_NOT_TRUSTED
+            return Exit.UNREACHABLE
         answer = input(f"Trust this key for {spec.name}? [y/N] ").strip().lower()
         if answer not in ("y", "yes"):
             print(f"{spec.name}: not recorded", file=sys.stderr)
-            return EXIT_NOT_TRUSTED
+            return Exit.UNREACHABLE
     store.add(name, key)
     print(f"{spec.name}: trusted; recorded in {os.fspath(store.own_file)}")
-    return EXIT_OK
+    return Exit.OK

@@ -6,8 +6,8 @@
 file for node_exporter's textfile collector; ``--dry-run`` shows the plan, ``monitor undo``
 reverts it from the journal.
 
-Exit codes: 0 written (whatever the checks found: that is in the file), 1 refused or a change
-failed, 3 (fleet) a host could not be read, 64 usage.
+Exit codes (llmtpu.clikit.Exit): 0 written (whatever the checks found: that is in the file),
+2 refused or a change failed, 3 (fleet) a host could not be read, 64 usage.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ import sys
 import time
 from typing import Any
 
-from llmtpu.clikit import UsageError, local_root, refuse_root_with_hosts
+from llmtpu.clikit import Exit, UsageError, local_root, refuse_root_with_hosts
 from llmtpu.hosts_command import add_fleet_arguments
-
-EXIT_FAILED = 1
-EXIT_UNREACHABLE = 3
 
 
 def add_parser(commands: Any) -> None:
@@ -85,7 +82,7 @@ def run_metrics(args: argparse.Namespace) -> int:
                 add_unreachable(part, res.spec.name, started)
                 parts.append(part)
                 print(f"llmtpu: {res.spec.name}: {res.error or res.status}", file=sys.stderr)
-                code = EXIT_UNREACHABLE
+                code = Exit.UNREACHABLE
         metrics = merge(parts)
     else:
         if args.limit:
@@ -101,7 +98,7 @@ def run_metrics(args: argparse.Namespace) -> int:
         write_textfile(output, text)
     except OSError as exc:
         print(f"llmtpu: error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     return code
 
 
@@ -145,17 +142,17 @@ def run_monitor(args: argparse.Namespace) -> int:
         if args.dry_run or plan.nothing_to_do:
             return 0
         if not confirm([plan], args.yes):
-            return EXIT_FAILED
+            return Exit.FAILED
         operation.apply(target, plan, Journal(target))
         problems = operation.verify(target)
     except ConfirmationRefused as exc:
         raise UsageError(str(exc)) from exc
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     for problem in problems:
         print(f"llmtpu: not in effect: {problem}", file=sys.stderr)
     if problems:
-        return EXIT_FAILED
+        return Exit.FAILED
     print("monitor.install: done and verified; `llmtpu monitor undo` goes back")
     return 0

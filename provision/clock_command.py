@@ -1,7 +1,7 @@
 """`llmtpu clock show|apply|persist|undo`: argument parsing, confirmation and output.
 
-Exit codes: 0 done (or nothing to do), 1 refused or failed (one line on stderr), 2 applied but
-the read-back shows other rates, 64 usage error.
+Exit codes (llmtpu.clikit.Exit): 0 done (or nothing to do), 2 failed or applied but the
+read-back shows other rates (one line on stderr), 64 usage error or not confirmed (nothing changed).
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import json
 import sys
 from typing import Any
 
-from llmtpu.clikit import UsageError, local_root
-
-EXIT_FAILED = 1
-EXIT_NOT_IN_EFFECT = 2
+from llmtpu.clikit import Exit, UsageError, local_root
 
 
 def add_parser(commands: Any) -> None:
@@ -72,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
         return _apply(target, args)
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return EXIT_NOT_IN_EFFECT
+        return Exit.FAILED
 
 
 def _operation(args: argparse.Namespace) -> Any:
@@ -137,13 +134,13 @@ def _apply(target: Any, args: argparse.Namespace) -> int:
         return 0
     if not confirm([plan], args.yes):
         print("nothing changed", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.USAGE
     operation.apply(target, plan, Journal(target))
     problems = operation.verify(target)
     for problem in problems:
         print(f"llmtpu: not in effect: {problem}", file=sys.stderr)
     if problems:
-        return EXIT_NOT_IN_EFFECT
+        return Exit.FAILED
     print(f"{operation.id}: done and verified; `llmtpu clock undo` goes back, `llmtpu doctor` re-checks")
     return 0
 
@@ -165,7 +162,7 @@ def _undo(target: Any, args: argparse.Namespace) -> int:
         return 0
     if not all(p.nothing_to_do for p in plans) and not confirm(plans, args.yes):
         print("nothing changed", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.USAGE
     for operation, record in operations:
         operation.undo(target, record)
     print(f"undid {len(records)} clock change(s); `llmtpu clock show` reads the rates back")

@@ -4,10 +4,10 @@ The work is in fetch.py, mirror.py, debs.py and undo.py; this file only turns ar
 calls, errors into one line and exit codes, and progress into a rich bar (on stderr, so the
 placed paths on stdout stay clean for scripts).
 
-`debs` and `undo` exit 0 done (or nothing to do), 1 failed (a failed apply is rolled back),
-2 applied but verify found problems, 64 refused input (an unreadable or wrong-architecture
-deb, a root its scripts cannot run inside, no terminal and no --yes), 130 interrupted (the
-running dpkg step finished; the message gives the way back).
+`debs` and `undo` exit (llmtpu.clikit.Exit) 0 done (or nothing to do), 2 failed (a failed
+apply is rolled back) or applied but verify found problems, 64 refused input or not confirmed
+(an unreadable or wrong-architecture deb, a root its scripts cannot run inside, no terminal and
+no --yes), 130 interrupted (the running dpkg step finished; the message gives the way back).
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ import os
 import sys
 from typing import Any
 
-from llmtpu.clikit import local_root
+from llmtpu.clikit import Exit, local_root
 from llmtpu.provision.registry import add_debs_source_arguments
-
-EXIT_FAILED = 1
-EXIT_REFUSED = 64
-EXIT_INTERRUPTED = 130
 
 
 def add_parser(commands: Any) -> None:
@@ -101,7 +97,7 @@ class RichReporter:
 
 def _fail(message: str) -> int:
     print(f"llmtpu: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return Exit.FAILED
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -154,15 +150,15 @@ def run_debs(args: argparse.Namespace) -> int:
             return _fail("installing debs on this machine needs root: run the same command with sudo")
         if not confirm([plan], args.yes):
             print("not applied")
-            return EXIT_FAILED
+            return Exit.USAGE
         operation.apply(target, plan, Journal(target))
         problems = operation.verify(target)
     except debs.ApplyInterrupted as exc:
         print(f"llmtpu: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     except (debs.RefusedInput, ConfirmationRefused) as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return Exit.USAGE
     except OperationError as exc:
         return _fail(str(exc))
     except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
@@ -192,7 +188,7 @@ def run_undo(args: argparse.Namespace) -> int:
             return _fail("undoing this needs root: run the same command with sudo")
         if not confirm([plan], args.yes):
             print("not undone")
-            return EXIT_FAILED
+            return Exit.USAGE
         # an undo stopped between its dpkg steps could not be run again (its own changes would look
         # like someone else's): an interrupt waits for the end
         with deferred_interrupts() as caught:
@@ -202,7 +198,7 @@ def run_undo(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED if isinstance(exc, RefusedInput) else EXIT_FAILED
+        return Exit.USAGE if isinstance(exc, RefusedInput) else Exit.FAILED
     except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
         print(f"llmtpu: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """`llmtpu sdcard stage`: argument parsing, confirmation, progress and the board steps.
 
-Exit codes: 0 staged and verified (or a dry run), 1 refused (archive, card, no confirmation),
-2 written but the read-back differs, 64 usage error.
+Exit codes (llmtpu.clikit.Exit): 0 staged and verified (or a dry run), 2 written but the read-back
+differs, 64 usage error or refused (archive, card, no confirmation: nothing was written).
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmtpu.clikit import UsageError
-
-EXIT_REFUSED = 1
-EXIT_VERIFY_FAILED = 2
+from llmtpu.clikit import Exit, UsageError
 
 
 def add_parser(commands: Any) -> None:
@@ -52,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         card, staged, plan = prepare(archive, card_path, bool(args.device))
     except SdcardError as exc:
         print(f"llmtpu: refused: {exc}; nothing was written", file=sys.stderr)
-        return EXIT_REFUSED
+        return Exit.USAGE
     for line in plan.lines():
         print(line)
     if args.dry_run:
@@ -60,20 +57,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not confirm([plan], args.yes):
             print("nothing was written", file=sys.stderr)
-            return EXIT_REFUSED
+            return Exit.USAGE
     except OperationError as exc:
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return Exit.USAGE
     with ProgressBar() as progress:
         try:
             problems = CardWriter(card, staged, progress=progress).write_and_verify()
         except SdcardError as exc:
             print(f"llmtpu: error: {exc}", file=sys.stderr)
-            return EXIT_VERIFY_FAILED
+            return Exit.FAILED
     for problem in problems:
         print(f"llmtpu: verify failed: {problem}", file=sys.stderr)
     if problems:
-        return EXIT_VERIFY_FAILED
+        return Exit.FAILED
     print(f"{len(staged.files)} file(s), {staged.total_bytes} bytes written to {card_path} and read back: "
           "all match the archive.")
     print("On the board:")

@@ -11,11 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llmtpu.clikit import UsageError
+from llmtpu.clikit import Exit, UsageError
 
 #: Exit codes shared with the doctor: 0 ok, 2 a failure.
-EXIT_OK = 0
-EXIT_FAIL = 2
 #: How this machine starts a cross-built engine to check it (Debian's qemu-user).
 QEMU_BY_CROSS = {"aarch64": ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu")}
 #: The engine on a board, relative to the login's home: where `llmtpu engine build` of an
@@ -155,9 +153,9 @@ def run_build(args: argparse.Namespace) -> int:
         built = build_engine(LocalTarget(), source, build_dir, args.jobs, cross=args.cross, emulator=emulator)
     except EngineBuildError as exc:
         print(f"llmtpu: engine build failed: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAILED
     print(f"built {built.binary} ({built.version})")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _prompt_ids(text: str) -> list[int]:
@@ -213,10 +211,10 @@ def run_smoke(args: argparse.Namespace) -> int:
                             decode=decode, progress=progress)
     if result.ok:
         print(f"ok    engine smoke test: {result.message}")
-        return EXIT_OK
+        return Exit.OK
     print(f"fail  engine smoke test: {result.message}")
     print(f"      fix: {result.fix}")
-    return EXIT_FAIL
+    return Exit.FAILED
 
 
 @contextlib.contextmanager
@@ -251,7 +249,7 @@ def _fail(message: str, fix: str | None = None) -> int:
     print(f"llmtpu: error: {message}", file=sys.stderr)
     if fix:
         print(f"       fix: {fix}", file=sys.stderr)
-    return EXIT_FAIL
+    return Exit.FAILED
 
 
 def _input_lines() -> Any:
@@ -344,7 +342,7 @@ def chat_with(args: argparse.Namespace, model: Any, spec: Any = None) -> int:
     finally:
         if target is not None:
             target.close()
-    return EXIT_OK
+    return Exit.OK
 
 
 def run_chat(args: argparse.Namespace) -> int:
