@@ -4,8 +4,9 @@ Ansible (and AWX) already hold the connection to every board: its keys, become, 
 forks. The ``llmtpu.fleet.doctor`` action plugin runs the doctor on the controller and sends
 llmtpu's own remote program (``llmtpu.ssh.GATHER_SCRIPT``, the same one `--hosts` sends) through
 Ansible's connection. This module is that seam: everything of ``SSHTarget`` (one-command
-prefetch, the cache, framed answers, deadlines) except where the bytes travel, which is a
-caller's ``execute(command, stdin, timeout)``. There is no SFTP fallback here: a machine without
+prefetch, the cache, framed answers, deadlines, confinement under a root) except where the bytes
+travel: ``SSHTarget.execute``, the public transport, is here a caller's ``execute(command, stdin,
+timeout)``. There is no SFTP fallback here: a machine without
 python3 is refused with that reason (Ansible needs python3 there anyway).
 """
 
