@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from llmtpu.doctor.checks import CheckResult, Evidence, Fix
+from llmtpu.doctor.checks import CheckResult, ChipRow, Evidence, Fix
 from llmtpu.doctor.report import JSON_SCHEMA, Report
 from llmtpu.inventory import HostSpec, refuse_option_like
 from llmtpu.ssh import ERROR, SSHError, SSHOptions, SSHTarget
@@ -92,7 +92,8 @@ def report_from_json(document: dict[str, Any]) -> Report:
         fix=None if c["fix"] is None else Fix(c["fix"]["id"], c["fix"]["summary"], tuple(c["fix"]["commands"])),
         source=c["rule_source"],
     ) for c in document["checks"])
-    return Report(document["host"], document["root"], document["machine_kind"], results)
+    chips = tuple(ChipRow(**(row | {"problems": tuple(row["problems"])})) for row in document.get("chips", ()))
+    return Report(document["host"], document["root"], document["machine_kind"], results, chips)
 
 
 __all__ = ["Execute", "GatheredTarget", "report_from_json"]
