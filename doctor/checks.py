@@ -232,21 +232,21 @@ def fix_install_debs() -> Fix:
                _dfss_debs_commands())
 
 
-def fix_libsophon_in_docker(f: Facts) -> Fix:
+def fix_libsophon_in_docker(release: str | None = None) -> Fix:
     """Only libsophon and -dev go into a container, of the release of the host's loaded driver
-    (Sophgo's libsophon docker guide; LLM-TPU FAQ Q2): the same rule debs.install follows."""
+    (Sophgo's libsophon docker guide; LLM-TPU FAQ Q2): the rule debs.install follows. Without the
+    driver's release (a log explained alone), sources.toml's default release."""
     sources = load_toml("llmtpu.provision", "sources.toml")
-    driver = f.driver.value
-    release = driver.version if driver else sources["defaults"]["debs"]
+    release = release or sources["defaults"]["debs"]
+    summary = (f"install sophon-libsophon and -dev {release} (the host driver's release) inside the container "
+               "(LLM-TPU FAQ Q2)")
     debs = sources["debs"].get(release)
     if debs is None:
-        return Fix("debs.install", f"install sophon-libsophon and -dev {release} (the host driver's release) inside "
-                   "the container (LLM-TPU FAQ Q2)",
+        return Fix("debs.install", summary,
                    (f"# llmtpu knows no download of libsophon {release}: put its debs in a folder, then",
                     "llmtpu doctor --fix --debs DIR"))
     prefix = sources["dfss"]["prefix"]
-    return Fix("debs.install", f"install sophon-libsophon and -dev {release} (the host driver's release) inside "
-               "the container (LLM-TPU FAQ Q2)",
+    return Fix("debs.install", summary,
                ("pip3 install dfss",
                 *(f"python3 -m dfss --url={prefix}{debs[part]}" for part in ("libsophon", "libsophon-dev")),
                 "sudo dpkg -i sophon-libsophon*.deb",
@@ -418,7 +418,8 @@ def check_libsophon(f: Facts) -> CheckResult:
             "libsophon.install", FAIL,
             "no libsophon in this container: the runtime will print "
             "'open file .../libbm1684x_kernel_module.so error!!' (LLM-TPU FAQ Q2)",
-            e + [Evidence("missing", " ".join(missing))], fix_libsophon_in_docker(f))
+            e + [Evidence("missing", " ".join(missing))],
+            fix_libsophon_in_docker(f.driver.value.version if f.driver.value else None))
     fix = fix_reflash_soc() if f.kind.value == SOC_BOARD else fix_install_debs()
     return result("libsophon.install", FAIL, f"libsophon incomplete, missing: {' '.join(missing)}",
                   e + [Evidence("missing", " ".join(missing))], fix)

@@ -4,8 +4,9 @@ Ansible (and AWX) already hold the connection to every board: its keys, become, 
 forks. The ``llmtpu.fleet.doctor`` action plugin runs the doctor on the controller and sends
 llmtpu's own remote program (``llmtpu.ssh.GATHER_SCRIPT``, the same one `--hosts` sends) through
 Ansible's connection. This module is that seam: everything of ``SSHTarget`` (one-command
-prefetch, the cache, framed answers, deadlines) except where the bytes travel, which is a
-caller's ``execute(command, stdin, timeout)``. There is no SFTP fallback here: a machine without
+prefetch, the cache, framed answers, deadlines, confinement under a root) except where the bytes
+travel: ``SSHTarget.execute``, the public transport, is here a caller's ``execute(command, stdin,
+timeout)``. There is no SFTP fallback here: a machine without
 python3 is refused with that reason (Ansible needs python3 there anyway).
 """
 
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from llmtpu.doctor.checks import CheckResult, Evidence, Fix
+from llmtpu.doctor.checks import CheckResult, ChipRow, Evidence, Fix
 from llmtpu.doctor.report import JSON_SCHEMA, Report
 from llmtpu.inventory import HostSpec, refuse_option_like
 from llmtpu.ssh import ERROR, SSHError, SSHOptions, SSHTarget
@@ -91,7 +92,8 @@ def report_from_json(document: dict[str, Any]) -> Report:
         fix=None if c["fix"] is None else Fix(c["fix"]["id"], c["fix"]["summary"], tuple(c["fix"]["commands"])),
         source=c["rule_source"],
     ) for c in document["checks"])
-    return Report(document["host"], document["root"], document["machine_kind"], results)
+    chips = tuple(ChipRow(**(row | {"problems": tuple(row["problems"])})) for row in document.get("chips", ()))
+    return Report(document["host"], document["root"], document["machine_kind"], results, chips)
 
 
 __all__ = ["Execute", "GatheredTarget", "report_from_json"]

@@ -1,16 +1,23 @@
 """A machine over SSH: the Target interface on one reused connection, strict about host keys.
 
 Reads are served from a per-host cache that ``prefetch`` fills in ONE remote command: a small
-Python program (sent with the command, run by the remote ``python3``) walks the requested
-paths under the host's root and streams back, for every entry, its lstat, link text, folder
-listing and (capped) content, framed as one JSON header line followed by exactly the bytes it
-announces. A whole doctor is then: connect, one prefetch, and the few reads the cache cannot
-answer (e.g. the free space of the models folder) -- each one more command on the same
-connection. A machine without ``python3`` is read with one SFTP request per operation instead.
+Python program (GATHER_SCRIPT, sent with the command, run by the remote ``python3``) walks the
+requested paths under the host's root and streams back, for every entry, its lstat, link text,
+folder listing and (capped) content, framed as one JSON header line followed by exactly the
+bytes it announces. The same command also runs the commands the doctor will ask for
+(PREFETCH_COMMANDS: ``dmesg``, ``bm_version``), which ``run`` answers once from that answer: a
+whole doctor is connect plus one command, one login shell. A machine (root /) without
+``python3`` is read with one SFTP request per operation instead.
 
-Every remote command is an argument list joined with ``shlex`` for the remote POSIX shell; no
-command string is ever built from input by concatenation. Writes go to a temporary file next
-to the destination and are renamed over it, after a backup of the old file.
+Under a root (``root=DIR``) the same program does every read and every write, walking DIR from
+a descriptor with openat and O_NOFOLLOW exactly as LocalTarget walks a sysroot (see "Confinement"
+in llmtpu/target.py): no SFTP request and no shell command ever names a path under a root, so
+the board's kernel never follows a link out of it. Without ``python3`` there, a root is refused.
+
+Every remote command is an argument list joined with ``shlex`` for the remote POSIX shell and
+goes through ``execute`` (the transport GatheredTarget replaces); no command string is ever
+built from input by concatenation. Writes go to a temporary file next to the destination and
+are renamed over it, after a backup of the old file.
 """
 
 from __future__ import annotations

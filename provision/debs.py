@@ -263,10 +263,34 @@ def _why_no_chroot(target: Target, mode: str) -> str | None:
     return None
 
 
+def state_path(target: Target, path: str) -> str:
+    """The host path of one of llmtpu's own files under a root, for tar, dpkg and dpkg-deb.
+
+    Those tools open the path textually and would follow a link on the way out of the root; llmtpu
+    makes no links in its state folders, so any link among the path's folders (or the path) is refused.
+    """
+    path = posixpath.normpath("/" + path.lstrip("/"))
+    if target.is_sysroot:
+        folder = posixpath.dirname(path)
+        st = target.lstat(path)
+        if target.resolve(folder) != folder or (st is not None and st.kind == "link"):
+            raise RefusedInput(f"--root {target.root}: {path} leads through a symbolic link, so dpkg or tar "
+                               f"would write where it points; make {STATE_DIR} and its folders real folders "
+                               "in the root (remove the link), then rerun")
+    return target.host_path(path)
+
+
+def check_state_folders(target: Target) -> None:
+    """Refuse at plan time a root whose llmtpu state folders lead through a link (see state_path)."""
+    for folder in (DEB_STORE, BACKUPS):
+        state_path(target, f"{folder}/.probe")
+    state_path(target, DPKG_LOG)
+
+
 def dpkg_command(target: Target, mode: str | None = None) -> list[str]:
     """dpkg with the global options for this target: its root, a log inside it, where scripts run."""
     mode = mode or script_mode(target)
-    argv = [*_wrapper(mode), "dpkg", f"--log={target.host_path(DPKG_LOG)}"]
+    argv = [*_wrapper(mode), "dpkg", f"--log={state_path(target, DPKG_LOG)}"]
     if target.is_sysroot:
         argv.insert(argv.index("dpkg") + 1, f"--root={target.root}")  # dpkg chroots into it for scripts
         if mode == CHROOTLESS:
@@ -385,7 +409,7 @@ class Snapshot:
         tar = f"{folder}/{name}.tar"
         self.target.write_atomic(f"{folder}/{name}.json", json.dumps(inventory, indent=1).encode(), backup=False)
         names = b"".join(b"." + p.encode() + b"\0" for p in members)
-        self._tar(["-cpf", self.target.host_path(tar)], names, f"saving a snapshot to {tar}")
+        self._tar(["-cpf", state_path(self.target, tar)], names, f"saving a snapshot to {tar}")
         return tar
 
     def _tar(self, args: list[str], names: bytes, what: str) -> None:
@@ -408,7 +432,7 @@ class Snapshot:
         members = [p for p in changed if p in before and not before[p].get("ancestor")]
         if members:
             names = b"".join(b"." + p.encode() + b"\0" for p in members)
-            self._tar(["-xpf", self.target.host_path(tar)], names, f"restoring from {tar}")
+            self._tar(["-xpf", state_path(self.target, tar)], names, f"restoring from {tar}")
         return changed
 
     def _remove(self, path: str, kind: str) -> None:
@@ -479,6 +503,7 @@ class InstallDebs(Operation):
 
     def plan(self, target: Target) -> Plan:
         mode = script_mode(target, self.scripts_here)
+        check_state_folders(target)
         check_architectures(target, self.debs)
         self._new_paths()  # every deb read to its end now, before anything is removed
         installed, remove, install, repairs = self._steps(target)
@@ -547,7 +572,7 @@ class InstallDebs(Operation):
         tar = snapshot.save(before, folder)
         kept = [self._keep(target, old, folder) for old in remove]
         machine_debs = [self._place(target, deb) for deb in install]
-        steps = [["-r", old.package] for old in remove] + [["-i", target.host_path(p)] for p in machine_debs]
+        steps = [["-r", old.package] for old in remove] + [["-i", state_path(target, p)] for p in machine_debs]
         if caught:
             raise ApplyInterrupted(f"interrupted before any dpkg step: the packages on {target.name} are as they "
                                    f"were (only llmtpu's backup {folder} was written)")
@@ -727,7 +752,7 @@ def revert(target: Target, mode: str, data: dict[str, Any], snapshot: Snapshot, 
     for kept in sorted(data["kept_debs"], key=lambda k: order.get(k["package"], 9)):
         current = now.get(kept["package"])
         if kept["machine_path"] and (current is None or current.version != kept["version"] or not current.ok):
-            result = run_dpkg(target, mode, ["-i", target.host_path(kept["machine_path"])])
+            result = run_dpkg(target, mode, ["-i", state_path(target, kept["machine_path"])])
             if not result.ok:
                 raise OperationError(f"reinstalling {kept['package']} {kept['version']} failed: "
                                      f"{_dpkg_error(result.stdout + result.stderr)}")
@@ -747,9 +772,9 @@ def rebuild_deb(target: Target, old: Installed, folder: str) -> KeptDeb:
     root = target.root if target.is_sysroot else "/"
     target.write_atomic(f"{stage}/DEBIAN/control", _control_of(target, old).encode(), backup=False)
     packed = target.run(["tar", "-C", root, "--null", "--no-recursion", "-T", "-", "-cpf",
-                         target.host_path(f"{stage}.tar")], input=names, timeout=DPKG_TIMEOUT)
-    unpacked = packed.ok and target.run(["tar", "-C", target.host_path(stage), "-xpf",
-                                         target.host_path(f"{stage}.tar")], timeout=DPKG_TIMEOUT).ok
+                         state_path(target, f"{stage}.tar")], input=names, timeout=DPKG_TIMEOUT)
+    unpacked = packed.ok and target.run(["tar", "-C", state_path(target, stage), "-xpf",
+                                         state_path(target, f"{stage}.tar")], timeout=DPKG_TIMEOUT).ok
     if not unpacked:
         return KeptDeb(old.package, old.version, f"none: cannot copy its files ({_last(packed.stderr)})", None)
     for script in ("preinst", "postinst", "prerm", "postrm", "conffiles", "md5sums"):
@@ -758,9 +783,9 @@ def rebuild_deb(target: Target, old: Installed, folder: str) -> KeptDeb:
             mode = 0o644 if script in ("conffiles", "md5sums") else 0o755
             target.write_atomic(f"{stage}/DEBIAN/{script}", target.read_bytes(path, 64 << 20), mode=mode, backup=False)
     deb = f"{folder}/{old.package}_{old.version}_{old.architecture}.deb"
-    built = target.run(["dpkg-deb", "--root-owner-group", "--build", target.host_path(stage), target.host_path(deb)],
-                       timeout=DPKG_TIMEOUT)
-    target.run(["rm", "-rf", "--", target.host_path(stage), target.host_path(f"{stage}.tar")], timeout=600)
+    built = target.run(["dpkg-deb", "--root-owner-group", "--build", state_path(target, stage),
+                        state_path(target, deb)], timeout=DPKG_TIMEOUT)
+    target.run(["rm", "-rf", "--", state_path(target, stage), state_path(target, f"{stage}.tar")], timeout=600)
     if not built.ok:
         return KeptDeb(old.package, old.version, f"none: dpkg-deb failed ({_last(built.stderr)})", None)
     return KeptDeb(old.package, old.version, "rebuilt from dpkg's file list", deb)
