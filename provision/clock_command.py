@@ -52,7 +52,7 @@ def _rates(args: argparse.Namespace) -> dict[str, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmtpu.provision.operation import OperationError
+    from llmtpu.provision.operation import ConfirmationRefused, OperationError
     from llmtpu.target import LocalTarget, TargetError
 
     local_root(args.root)
@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "undo":
             return _undo(target, args)
         return _apply(target, args)
-    except OperationError as exc:
+    except OperationError as exc:  # not confirmed (no terminal, no --yes) is refused input
         print(f"llmtpu: error: {exc}", file=sys.stderr)
-        return Exit.FAILED
+        return Exit.USAGE if isinstance(exc, ConfirmationRefused) else Exit.FAILED
     except (TargetError, OSError) as exc:  # a refused or failed file access: one line, not a traceback
         print(f"llmtpu: error: {exc}", file=sys.stderr)
         return Exit.FAILED

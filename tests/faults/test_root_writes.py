@@ -94,7 +94,7 @@ def test_clock_apply_refuses_a_linked_debugfs_clock_file(hostile: Hostile, capsy
     with OutsideWatch(hostile.outside) as watch:
         code, output = cli(capsys, "clock", "apply", "--root", str(hostile.root), "--yes")
         hostile.assert_untouched(watch, output)
-    assert code == 1, output
+    assert code == 2, output
     assert f"{clock} failed: is a symbolic link; llmtpu does not write through links" in output
     assert victim.read_text() == VICTIM_TEXT
     assert not (hostile.outside / "state").exists()

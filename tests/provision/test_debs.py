@@ -69,7 +69,7 @@ def test_apply_verify_apply_again_then_undo_byte_for_byte(debroot, release, caps
     assert cli(["undo", "--root", str(root), "--yes"]) == 0
     assert "undone" in capsys.readouterr().out
     assert fingerprint(root) == before
-    assert cli(["undo", "--root", str(root), "--yes"]) == 1
+    assert cli(["undo", "--root", str(root), "--yes"]) == 2  # Exit.FAILED
     assert "nothing to undo" in capsys.readouterr().err
 
 

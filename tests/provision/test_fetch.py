@@ -214,9 +214,9 @@ def test_cli_mirror_create_then_fetch_from_it(tmp_path: Path, capsys) -> None:
     assert "1 file(s), 4 bytes" in capsys.readouterr().out
     assert cli(["fetch", "sdcard", "--mirror", folder.as_uri(), "--dest", str(tmp_path / "d")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "d" / "sdcard.tgz")
-    assert cli(["fetch", "driver", "--mirror", folder.as_uri(), "--dest", str(tmp_path / "d")]) == 1
+    assert cli(["fetch", "driver", "--mirror", folder.as_uri(), "--dest", str(tmp_path / "d")]) == 2  # Exit.FAILED
     assert "lists no sophon-driver" in capsys.readouterr().err
-    assert cli(["mirror", "create", str(tmp_path / "absent")]) == 1
+    assert cli(["mirror", "create", str(tmp_path / "absent")]) == 2  # Exit.FAILED
 
 
 def test_files_present_and_verified_in_dest_are_not_downloaded_again(mirror_dir: Path, tmp_path: Path) -> None:

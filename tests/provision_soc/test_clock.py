@@ -106,7 +106,7 @@ def test_cli_refuses_without_confirmation_and_bad_rates(board, capsys, monkeypat
     root, driver = board
     monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
     code, _, err = cli(["clock", "apply", "--root", str(root)], capsys)
-    assert code == 1 and "--yes" in err and driver.writes == []
+    assert code == 64 and "--yes" in err and driver.writes == []
     code, _, err = cli(["clock", "apply", "--root", str(root), "--tpll", "3000000000Hz"], capsys)
     assert code == 64 and "above the board's default" in err and driver.writes == []  # usage error, no write
     with pytest.raises(OperationError):

@@ -164,7 +164,7 @@ def test_unsafe_archives_are_refused_and_nothing_is_written(tmp_path: Path, caps
     extra, reason = BAD_ARCHIVES[case]
     archive = package(tmp_path, extra=extra)
     code, _, err = cli(["sdcard", "stage", str(archive), "--image", str(image), "--yes"], capsys)
-    assert code == 1 and reason in err and "nothing was written" in err
+    assert code == 64 and reason in err and "nothing was written" in err
     assert digest(image) == before
 
 
@@ -174,7 +174,7 @@ def test_md5_mismatch_is_refused(tmp_path: Path, capsys) -> None:
     files = package_files()
     files["spi_flash.bin"] = files["spi_flash.bin"][:-1] + b"!"  # md5.txt still lists the old bytes
     code, _, err = cli(["sdcard", "stage", str(package(tmp_path, files)), "--image", str(image), "--yes"], capsys)
-    assert code == 1 and "md5.txt: ./spi_flash.bin has md5" in err
+    assert code == 64 and "md5.txt: ./spi_flash.bin has md5" in err
     assert digest(image) == before
 
 
@@ -186,10 +186,10 @@ def test_too_small_cards_are_refused(tmp_path: Path, capsys) -> None:
     before = digest(image)
     big = package(tmp_path, {"rootfs.1-of-1.gz": bytes(12 * MIB)})
     code, _, err = cli(["sdcard", "stage", str(big), "--image", str(image), "--yes"], capsys)
-    assert code == 1 and "use a bigger card" in err and "needs 12 MiB" in err
+    assert code == 64 and "use a bigger card" in err and "needs 12 MiB" in err
     huge = make_tgz(tmp_path / "huge.tgz", [member("rootfs.gz", bytes(45 * MIB))])
     code, _, err = cli(["sdcard", "stage", str(huge), "--image", str(image), "--yes"], capsys)
-    assert code == 1 and "more than the card's" in err
+    assert code == 64 and "more than the card's" in err
     assert digest(image) == before
 
 
@@ -201,16 +201,16 @@ def test_no_confirmation_or_dry_run_writes_nothing(tmp_path: Path, capsys, monke
     assert code == 0 and "copy /boot.scr" in out and out.index("copy /BOOT") > out.index("copy /spi_flash.bin")
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, _, err = cli(["sdcard", "stage", str(archive), "--image", str(image)], capsys)
-    assert code == 1 and "--yes" in err
+    assert code == 64 and "--yes" in err
     assert digest(image) == before
 
 
 def test_cards_the_board_cannot_use(tmp_path: Path, capsys) -> None:
     fat16 = make_image(tmp_path / "fat16.img", 40, partitioned=False, fat="16")
     code, _, err = cli(["sdcard", "stage", str(package(tmp_path)), "--image", str(fat16), "--yes"], capsys)
-    assert code == 1 and "FAT16" in err
+    assert code == 64 and "FAT16" in err
     code, _, err = cli(["sdcard", "stage", str(package(tmp_path)), "--device", str(fat16), "--yes"], capsys)
-    assert code == 1 and "not a block device" in err
+    assert code == 64 and "not a block device" in err
     sector = bytearray(512)
     sector[510:512] = b"\x55\xaa"
     for i, kind in enumerate((0x0C, 0x83)):

@@ -60,7 +60,7 @@ def test_a_sparse_member_is_refused_from_its_header_without_unpacking(tmp_path: 
     started = time.monotonic()
     code = main(["sdcard", "stage", str(archive), "--image", str(image), "--dry-run"])
     err = capsys.readouterr().err
-    assert code == 1 and "is a sparse file" in err and "nothing was written" in err
+    assert code == 64 and "is a sparse file" in err and "nothing was written" in err
     assert time.monotonic() - started < 60  # refused from the header, the 300 MiB never read
     assert digest(image) == before
 
@@ -72,7 +72,7 @@ def test_names_fat_cannot_hold_are_refused_up_front(tmp_path: Path, capsys, name
     archive = package(tmp_path, extra=[member(name, b"1")])
     code = main(["sdcard", "stage", str(archive), "--image", str(image), "--yes"])
     err = capsys.readouterr().err
-    assert code == 1 and "nothing was written" in err and repr(name) in err
+    assert code == 64 and "nothing was written" in err and repr(name) in err
     assert "dot or a space" in err or "character FAT cannot store" in err
     assert digest(image) == before
 
