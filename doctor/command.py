@@ -23,6 +23,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="read the machine from this sysroot folder instead of /")
     parser.add_argument("--json", action="store_true", help="print one JSON document (schema llmtpu.doctor/1)")
+    parser.add_argument("--cards", action="store_true",
+                        help="also show each card and chip: status, temperature, heap and use, clock, board, serial")
     parser.add_argument("--only", nargs="+", default=[], metavar="ID", help="run only these checks")
     parser.add_argument("--model", default=None, help="model to size memory and disk for (default llama2-7b)")
     parser.add_argument("--models-dir", default="/data", metavar="DIR",
@@ -101,9 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
         render_json(report, sys.stdout)
     else:
-        from llmtpu.doctor.render import render_human
+        from llmtpu.doctor.render import render_cards, render_human
 
         render_human(report, sys.stdout, verbose=args.verbose)
+        if args.cards:
+            render_cards(list(report.chips), sys.stdout)
     return report.exit_code
 
 

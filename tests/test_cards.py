@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from llmtpu.doctor.checks import DoctorOptions, Facts, chip_rows
 from llmtpu.doctor.render import render_cards
@@ -49,3 +52,14 @@ def test_no_device_has_no_rows(sysroot) -> None:
     out = io.StringIO()
     render_cards([], out)
     assert "no Sophgo cards" in out.getvalue()
+
+
+def test_doctor_cards_flag_prints_the_chip_table() -> None:
+    root = Path(__file__).parent / "samples" / "pcie-host-ok"
+    run = subprocess.run([sys.executable, "-m", "llmtpu", "doctor", "--root", str(root), "--cards"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode in (0, 1), run.stderr
+    assert "bmsophon0" in run.stdout and "card0" in run.stdout
+    plain = subprocess.run([sys.executable, "-m", "llmtpu", "doctor", "--root", str(root)],
+                           capture_output=True, text=True, timeout=120)
+    assert "bmsophon0" not in plain.stdout
