@@ -7,7 +7,7 @@ unreadable says skip or warn and why; it never says ok on data it did not read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -799,6 +799,20 @@ def _runtime_fix(f: Facts, message: str) -> Fix:
                "(/opt/sophon/libsophon-current/lib on the board), or see the libsophon check")
 
 
+def _smoke_decoder(model: str) -> Callable[[Sequence[int]], str] | None:
+    """The tokenizer beside the bmodel, so all-"!" output is caught by its text (FAQ Q3) whatever
+    the token ids; None when there is none or it cannot be read (the token checks still run)."""
+    from pathlib import Path
+
+    from llmtpu.runtime.tokenizer import TokenizerError, find_tokenizer, load_tokenizer
+
+    found = find_tokenizer(Path(model).parent)
+    try:
+        return load_tokenizer(found).decode if found else None
+    except TokenizerError:
+        return None
+
+
 def check_smoke(f: Facts) -> CheckResult:
     """A real generation through bmruntime: the only check that sees "!!!" output or a hung chip."""
     options = f.options
@@ -816,7 +830,8 @@ def check_smoke(f: Facts) -> CheckResult:
         case = testmodel.reference_cases()[0]
         model, prompt, max_new, expected = str(testmodel.bmodel_path()), case.prompt, len(case.tokens), case.tokens
     argv = engine_argv(binary, model, options.lib_dir)
-    outcome = smoke_test(f.target, argv, prompt, max_new, options.smoke_timeout, expected)
+    outcome = smoke_test(f.target, argv, prompt, max_new, options.smoke_timeout, expected,
+                         decode=_smoke_decoder(model))
     e = [Evidence(" ".join(argv), outcome.message)]
     if outcome.ok:
         return result("smoke.inference", OK, outcome.message, e)

@@ -85,3 +85,29 @@ done
     res = smoke(DoctorOptions(smoke=True, engine=str(stand_in), smoke_timeout=20))
     assert res.status == "fail", res.summary
     assert res.fix is not None and res.fix.id == "clock.apply"
+
+
+def test_punctuation_only_text_fails_even_when_tokens_vary(tmp_path: Path) -> None:
+    """`!"!"…` alternates two ids, so no token repeats; the text beside --smoke-model's tokenizer
+    is punctuation only: LLM-TPU FAQ Q3's garbage, whatever the ids (issue 12 item 5)."""
+    import shutil
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(testmodel.bmodel_path().parent / "tokenizer.json", model_dir / "tokenizer.json")
+    (model_dir / "m.bmodel").write_bytes(b"stand-in")
+    stand_in = tmp_path / "punct-engine"
+    stand_in.write_text("""#!/bin/sh
+echo "ready protocol=1 layers=2 seq=64 hidden=64 vocab=256 dtype=f16 load_ms=1"
+while read -r line; do
+  [ "$line" = quit ] && exit 0
+  echo "prefill ms=1 tokens=4"
+  for i in 33 34 33 34 33 34 33 34; do echo "token $i ms=1 gap=9 nonfinite=0"; done
+  echo "done tokens=8 reason=length prefill_ms=1 decode_ms=8"
+done
+""")
+    stand_in.chmod(0o755)
+    res = smoke(DoctorOptions(smoke=True, engine=str(stand_in), smoke_model=str(model_dir / "m.bmodel"),
+                              smoke_timeout=20))
+    assert res.status == "fail", res.summary
+    assert res.fix is not None and res.fix.id == "clock.apply"
